@@ -1,0 +1,22 @@
+
+# Consider dependencies only in project.
+set(CMAKE_DEPENDS_IN_PROJECT_ONLY OFF)
+
+# The set of languages for which implicit dependencies are needed:
+set(CMAKE_DEPENDS_LANGUAGES
+  )
+
+# The set of dependency files which are needed:
+set(CMAKE_DEPENDS_DEPENDENCY_FILES
+  "/work/main/src/util/dtype.c" "CMakeFiles/loraplex_core.dir/src/util/dtype.c.o" "gcc" "CMakeFiles/loraplex_core.dir/src/util/dtype.c.o.d"
+  "/work/main/src/util/log.c" "CMakeFiles/loraplex_core.dir/src/util/log.c.o" "gcc" "CMakeFiles/loraplex_core.dir/src/util/log.c.o.d"
+  "/work/main/src/util/status.c" "CMakeFiles/loraplex_core.dir/src/util/status.c.o" "gcc" "CMakeFiles/loraplex_core.dir/src/util/status.c.o.d"
+  "/work/main/src/util/util.c" "CMakeFiles/loraplex_core.dir/src/util/util.c.o" "gcc" "CMakeFiles/loraplex_core.dir/src/util/util.c.o.d"
+  )
+
+# Targets to which this target links.
+set(CMAKE_TARGET_LINKED_INFO_FILES
+  )
+
+# Fortran module output directory.
+set(CMAKE_Fortran_TARGET_MODULE_DIR "")

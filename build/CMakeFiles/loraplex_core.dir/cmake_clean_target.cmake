@@ -1,0 +1,3 @@
+file(REMOVE_RECURSE
+  "libloraplex_core.a"
+)
