@@ -1,0 +1,73 @@
+/* backend.h - the interface every compute backend implements (CPU now, CUDA
+ * later): a batched forward pass over many sequences at once, each row with
+ * its own position, paged KV cache blocks and (later) LoRA adapter slot. The
+ * engine above it never sees device memory or #ifdefs. */
+#ifndef LP_BACKEND_H
+#define LP_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loraplex/model.h"
+#include "loraplex/status.h"
+
+typedef enum {
+    LP_LOGITS_NONE = 0, /* no logits for this row (a prefill chunk that is not the last) */
+    LP_LOGITS_LAST = 1, /* logits of the row's last token */
+    LP_LOGITS_ALL = 2,  /* logits of every token of the row (prompt logprobs, tests) */
+} lp_logits_mode;
+
+/* One row of a batch: a run of consecutive tokens of one sequence. */
+typedef struct lp_batch_row {
+    const int32_t *tokens;  /* (n_tokens) */
+    int32_t n_tokens;       /* >= 1: a prefill chunk or one decode token */
+    int32_t pos0;           /* position of tokens[0]; positions 0..pos0-1 are in the KV cache */
+    const int32_t *blocks;  /* block table: KV block ids covering positions 0..pos0+n_tokens-1 */
+    int32_t adapter;        /* adapter slot, or -1 for the base model */
+    float adapter_scale;    /* multiplies the adapter's own scaling (1.0 = as trained) */
+    uint8_t logits;         /* lp_logits_mode */
+} lp_batch_row;
+
+typedef struct lp_backend lp_backend;
+
+typedef struct lp_backend_params {
+    int n_kv_blocks;     /* KV cache blocks in the pool */
+    int block_size;      /* tokens per block */
+    int max_tokens;      /* most tokens in one forward call (sum of n_tokens) */
+    int max_rows;        /* most rows in one forward call */
+    int max_logit_rows;  /* most logit rows one call returns */
+    int n_threads;       /* CPU threads (0 = all cores) */
+} lp_backend_params;
+
+lp_backend_params lp_backend_default_params(void);
+
+typedef struct lp_backend_ops {
+    const char *name;
+    void (*free)(lp_backend *b);
+    /* Run one batch. Logits (fp32, vocab each) are written to `logits` in row
+     * order: for each row, 0, 1 or n_tokens vectors according to its mode.
+     * A row's result does not depend on the other rows of the batch. */
+    int (*forward)(lp_backend *b, const lp_batch_row *rows, int n_rows, float *logits,
+                   lp_error *err);
+} lp_backend_ops;
+
+struct lp_backend {
+    const lp_backend_ops *ops;
+    const lp_model *model;
+    lp_backend_params params;
+};
+
+/* The CPU backend. The model must outlive the backend. */
+int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params,
+                       lp_backend **out, lp_error *err);
+
+static inline void lp_backend_free(lp_backend *b) {
+    if (b)
+        b->ops->free(b);
+}
+static inline int lp_backend_forward(lp_backend *b, const lp_batch_row *rows, int n_rows,
+                                     float *logits, lp_error *err) {
+    return b->ops->forward(b, rows, n_rows, logits, err);
+}
+
+#endif

@@ -1,0 +1,437 @@
+/* engine.c - continuous batching with chunked prefill, a paged KV block pool
+ * and preemption by recomputation. */
+#include "engine/engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/log.h"
+#include "util/util.h"
+
+typedef enum { SEQ_WAITING = 0, SEQ_RUNNING, SEQ_DONE } seq_state;
+
+typedef struct seq {
+    uint64_t id;
+    lp_request req;          /* pointers below are owned copies */
+    int32_t *stop_ids;
+    lp_logit_bias *bias;
+    int32_t *tokens;         /* (n_prompt + max_tokens) prompt then output */
+    int n_prompt, n_tokens;
+    int n_computed;          /* tokens whose K/V are in the cache */
+    int32_t *blocks;         /* (max_blocks) */
+    int n_blocks;
+    seq_state state;
+    bool aborted;
+    lp_rng rng;
+    struct seq *next;        /* in the waiting or running list */
+} seq;
+
+struct lp_engine {
+    lp_backend *be;
+    const lp_model *model;
+    lp_engine_params p;
+    int vocab;
+    int max_blocks;          /* per sequence */
+    int32_t *free_blocks;    /* stack */
+    int n_free;
+    seq *waiting, *running;  /* FIFO lists (arrival order) */
+    int n_waiting, n_running;
+    uint64_t next_id;
+    lp_sampler *sampler;
+    float *logits;           /* (max_num_seqs, vocab) */
+    lp_batch_row *rows;      /* (max_num_seqs) */
+    seq **row_seq;           /* (max_num_seqs) */
+    lp_token_logprob top[LP_MAX_TOP_LOGPROBS];
+};
+
+lp_engine_params lp_engine_default_params(void) {
+    lp_engine_params p = {.max_num_seqs = 32, .max_model_len = 0, .max_num_batched_tokens = 512,
+                          .block_size = 16, .n_kv_blocks = 0, .n_threads = 0};
+    return p;
+}
+
+lp_request lp_request_default(void) {
+    lp_request r;
+    memset(&r, 0, sizeof r);
+    r.max_tokens = 16;
+    r.sampling = lp_sampling_default_params();
+    r.logprobs = -1;
+    r.adapter = -1;
+    r.adapter_scale = 1.0f;
+    return r;
+}
+
+const char *lp_finish_reason_name(lp_finish_reason r) {
+    switch (r) {
+    case LP_FINISH_LENGTH: return "length";
+    case LP_FINISH_STOP: return "stop";
+    case LP_FINISH_ABORT: return "abort";
+    case LP_FINISH_ERROR: return "error";
+    default: return "none";
+    }
+}
+
+int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine **out,
+                  lp_error *err) {
+    *out = NULL;
+    lp_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    e->be = backend;
+    e->model = backend->model;
+    e->p = *params;
+    const lp_backend_params *bp = &backend->params;
+    const lp_model_config *c = lp_model_get_config(e->model);
+    e->vocab = c->vocab;
+    e->p.block_size = bp->block_size;
+    e->p.n_kv_blocks = bp->n_kv_blocks;
+    if (e->p.max_model_len <= 0 || e->p.max_model_len > c->max_pos)
+        e->p.max_model_len = c->max_pos;
+    if ((int64_t)e->p.max_model_len > (int64_t)bp->n_kv_blocks * bp->block_size)
+        e->p.max_model_len = bp->n_kv_blocks * bp->block_size;
+    if (e->p.max_num_seqs > bp->max_rows)
+        e->p.max_num_seqs = bp->max_rows;
+    if (e->p.max_num_seqs > bp->max_logit_rows)
+        e->p.max_num_seqs = bp->max_logit_rows;
+    if (e->p.max_num_batched_tokens > bp->max_tokens)
+        e->p.max_num_batched_tokens = bp->max_tokens;
+    if (e->p.max_num_seqs < 1 || e->p.max_num_batched_tokens < 1) {
+        free(e);
+        return lp_error_set(err, LP_ERR_INVALID, "engine: max_num_seqs and max_num_batched_tokens must be positive");
+    }
+    e->max_blocks = (e->p.max_model_len + bp->block_size - 1) / bp->block_size;
+    e->free_blocks = lp__malloc_array((size_t)bp->n_kv_blocks, sizeof(int32_t));
+    e->logits = lp__malloc_array((size_t)e->p.max_num_seqs * (size_t)e->vocab, sizeof(float));
+    e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
+    e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
+    e->sampler = lp_sampler_new(e->vocab);
+    if (!e->free_blocks || !e->logits || !e->rows || !e->row_seq || !e->sampler) {
+        lp_engine_free(e);
+        return lp_error_set(err, LP_ERR_NOMEM, "engine: out of memory");
+    }
+    for (int i = 0; i < bp->n_kv_blocks; i++)
+        e->free_blocks[i] = bp->n_kv_blocks - 1 - i;
+    e->n_free = bp->n_kv_blocks;
+    e->next_id = 1;
+    *out = e;
+    return LP_OK;
+}
+
+static void seq_free(seq *s) {
+    if (!s)
+        return;
+    free(s->stop_ids);
+    free(s->bias);
+    free(s->tokens);
+    free(s->blocks);
+    free(s);
+}
+
+static void release_blocks(lp_engine *e, seq *s) {
+    for (int i = 0; i < s->n_blocks; i++)
+        e->free_blocks[e->n_free++] = s->blocks[i];
+    s->n_blocks = 0;
+    s->n_computed = 0;
+}
+
+void lp_engine_free(lp_engine *e) {
+    if (!e)
+        return;
+    for (seq *l = e->waiting; l;) {
+        seq *n = l->next;
+        seq_free(l);
+        l = n;
+    }
+    for (seq *l = e->running; l;) {
+        seq *n = l->next;
+        seq_free(l);
+        l = n;
+    }
+    free(e->free_blocks);
+    free(e->logits);
+    free(e->rows);
+    free(e->row_seq);
+    lp_sampler_free(e->sampler);
+    free(e);
+}
+
+int lp_engine_submit(lp_engine *e, const lp_request *req, uint64_t *id_out, lp_error *err) {
+    if (req->n_prompt < 1)
+        return lp_error_set(err, LP_ERR_INVALID, "prompt: must hold at least one token");
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= e->vocab)
+            return lp_error_set(err, LP_ERR_RANGE, "prompt: token id %d at index %d is out of range [0, %d)",
+                                req->prompt[i], i, e->vocab);
+    if (req->max_tokens < 1)
+        return lp_error_set(err, LP_ERR_RANGE, "max_tokens: must be at least 1");
+    if ((int64_t)req->n_prompt + req->max_tokens > e->p.max_model_len)
+        return lp_error_set(err, LP_ERR_RANGE,
+                            "max_tokens: prompt (%d tokens) + max_tokens (%d) exceeds the maximum "
+                            "context length %d", req->n_prompt, req->max_tokens, e->p.max_model_len);
+    if (req->logprobs > LP_MAX_TOP_LOGPROBS)
+        return lp_error_set(err, LP_ERR_RANGE, "logprobs: at most %d", LP_MAX_TOP_LOGPROBS);
+    int rc = lp_sampling_params_check(&req->sampling, e->vocab, err);
+    if (rc)
+        return rc;
+    for (int i = 0; i < req->n_stop_ids; i++)
+        if (req->stop_ids[i] < 0 || req->stop_ids[i] >= e->vocab)
+            return lp_error_set(err, LP_ERR_RANGE, "stop_token_ids: id %d is out of range", req->stop_ids[i]);
+    seq *s = calloc(1, sizeof *s);
+    if (!s)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    s->req = *req;
+    s->tokens = lp__malloc_array((size_t)req->n_prompt + (size_t)req->max_tokens, sizeof(int32_t));
+    s->blocks = lp__malloc_array((size_t)e->max_blocks, sizeof(int32_t));
+    if (req->n_stop_ids)
+        s->stop_ids = lp__malloc_array((size_t)req->n_stop_ids, sizeof(int32_t));
+    if (req->sampling.n_logit_bias)
+        s->bias = lp__malloc_array((size_t)req->sampling.n_logit_bias, sizeof(lp_logit_bias));
+    if (!s->tokens || !s->blocks || (req->n_stop_ids && !s->stop_ids) ||
+        (req->sampling.n_logit_bias && !s->bias)) {
+        seq_free(s);
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    }
+    memcpy(s->tokens, req->prompt, sizeof(int32_t) * (size_t)req->n_prompt);
+    if (req->n_stop_ids)
+        memcpy(s->stop_ids, req->stop_ids, sizeof(int32_t) * (size_t)req->n_stop_ids);
+    if (req->sampling.n_logit_bias)
+        memcpy(s->bias, req->sampling.logit_bias, sizeof(lp_logit_bias) * (size_t)req->sampling.n_logit_bias);
+    s->req.prompt = s->tokens;
+    s->req.stop_ids = s->stop_ids;
+    s->req.sampling.logit_bias = s->bias;
+    s->n_prompt = s->n_tokens = req->n_prompt;
+    s->id = e->next_id++;
+    uint64_t seed = req->sampling.has_seed ? req->sampling.seed
+                                           : (uint64_t)time(NULL) ^ (s->id * 0x9e3779b97f4a7c15ull) ^
+                                                 (uint64_t)(lp__now() * 1e9);
+    lp_rng_seed(&s->rng, seed);
+    /* append to the waiting FIFO */
+    seq **pp = &e->waiting;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = s;
+    e->n_waiting++;
+    if (id_out)
+        *id_out = s->id;
+    return LP_OK;
+}
+
+bool lp_engine_abort(lp_engine *e, uint64_t id) {
+    for (int pass = 0; pass < 2; pass++)
+        for (seq *s = pass ? e->running : e->waiting; s; s = s->next)
+            if (s->id == id && !s->aborted) {
+                s->aborted = true;
+                return true;
+            }
+    return false;
+}
+
+int lp_engine_num_running(const lp_engine *e) { return e->n_running; }
+int lp_engine_num_waiting(const lp_engine *e) { return e->n_waiting; }
+double lp_engine_kv_usage(const lp_engine *e) {
+    return e->p.n_kv_blocks ? 1.0 - (double)e->n_free / e->p.n_kv_blocks : 0.0;
+}
+
+static void emit_finish(seq *s, lp_finish_reason why, const char *msg) {
+    lp_token_event ev = {.req_id = s->id, .token = -1, .finish = why, .n_prompt = s->n_prompt,
+                         .n_output = s->n_tokens - s->n_prompt, .error = msg};
+    if (s->req.cb)
+        s->req.cb(s->req.ud, &ev);
+}
+
+/* Remove s from a list. */
+static void list_remove(seq **head, seq *s) {
+    for (seq **pp = head; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            s->next = NULL;
+            return;
+        }
+}
+
+static void finish_seq(lp_engine *e, seq *s) {
+    release_blocks(e, s);
+    if (s->state == SEQ_RUNNING) {
+        list_remove(&e->running, s);
+        e->n_running--;
+    } else {
+        list_remove(&e->waiting, s);
+        e->n_waiting--;
+    }
+    seq_free(s);
+}
+
+/* Ensure s has blocks for positions < upto; false if the pool is empty. */
+static bool grow_blocks(lp_engine *e, seq *s, int upto) {
+    int need = (upto + e->p.block_size - 1) / e->p.block_size;
+    while (s->n_blocks < need) {
+        if (!e->n_free)
+            return false;
+        s->blocks[s->n_blocks++] = e->free_blocks[--e->n_free];
+    }
+    return true;
+}
+
+/* Preempt the most recently admitted running sequence other than `keep`:
+ * free its blocks and put it at the head of the waiting list. */
+static bool preempt_one(lp_engine *e, seq *keep) {
+    seq *victim = NULL;
+    for (seq *s = e->running; s; s = s->next)
+        if (s != keep)
+            victim = s;
+    if (!victim)
+        return false;
+    LP_DEBUG("engine: preempting request %llu (%d tokens) for KV space", (unsigned long long)victim->id,
+             victim->n_tokens);
+    release_blocks(e, victim);
+    list_remove(&e->running, victim);
+    e->n_running--;
+    victim->state = SEQ_WAITING;
+    victim->next = e->waiting;
+    e->waiting = victim;
+    e->n_waiting++;
+    return true;
+}
+
+static bool is_stop(lp_engine *e, seq *s, int32_t tok) {
+    if (!s->req.ignore_eos && lp_model_is_eos(e->model, tok))
+        return true;
+    for (int i = 0; i < s->req.n_stop_ids; i++)
+        if (s->stop_ids[i] == tok)
+            return true;
+    return false;
+}
+
+int lp_engine_step(lp_engine *e, lp_error *err) {
+    /* aborted requests first */
+    for (int pass = 0; pass < 2; pass++) {
+        seq *s = pass ? e->running : e->waiting;
+        while (s) {
+            seq *n = s->next;
+            if (s->aborted) {
+                emit_finish(s, LP_FINISH_ABORT, NULL);
+                finish_seq(e, s);
+            }
+            s = n;
+        }
+    }
+    /* admit waiting sequences while there is room */
+    while (e->waiting && e->n_running < e->p.max_num_seqs) {
+        seq *s = e->waiting;
+        int first = LP_MIN(s->n_tokens, e->p.max_num_batched_tokens);
+        int need = (first + e->p.block_size - 1) / e->p.block_size;
+        if (need > e->n_free && e->n_running > 0)
+            break; /* wait for blocks to free up */
+        e->waiting = s->next;
+        e->n_waiting--;
+        s->next = NULL;
+        s->state = SEQ_RUNNING;
+        seq **pp = &e->running;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = s;
+        e->n_running++;
+    }
+    /* build the batch: decode rows (1 token) first, then prefill chunks */
+    int n_rows = 0, budget = e->p.max_num_batched_tokens;
+    for (int phase = 0; phase < 2 && budget > 0; phase++) {
+        for (seq *s = e->running; s && budget > 0; s = s->next) {
+            int pending = s->n_tokens - s->n_computed;
+            bool decode = pending == 1;
+            if (decode != (phase == 0))
+                continue;
+            int chunk = LP_MIN(pending, budget);
+            while (!grow_blocks(e, s, s->n_computed + chunk)) {
+                if (!preempt_one(e, s)) {
+                    /* alone and still out of blocks: shrink the chunk */
+                    int have = s->n_blocks * e->p.block_size - s->n_computed;
+                    chunk = have;
+                    break;
+                }
+            }
+            if (chunk <= 0)
+                continue;
+            if (s->state != SEQ_RUNNING)
+                continue;
+            lp_batch_row *r = &e->rows[n_rows];
+            r->tokens = s->tokens + s->n_computed;
+            r->n_tokens = chunk;
+            r->pos0 = s->n_computed;
+            r->blocks = s->blocks;
+            r->adapter = s->req.adapter;
+            r->adapter_scale = s->req.adapter_scale;
+            r->logits = s->n_computed + chunk == s->n_tokens ? LP_LOGITS_LAST : LP_LOGITS_NONE;
+            e->row_seq[n_rows++] = s;
+            budget -= chunk;
+        }
+    }
+    /* a preemption may have removed a sequence already placed in the batch */
+    int w = 0;
+    for (int i = 0; i < n_rows; i++)
+        if (e->row_seq[i]->state == SEQ_RUNNING && e->row_seq[i]->n_blocks * e->p.block_size >=
+                                                       e->rows[i].pos0 + e->rows[i].n_tokens) {
+            e->rows[w] = e->rows[i];
+            e->row_seq[w++] = e->row_seq[i];
+        }
+    n_rows = w;
+    if (n_rows == 0)
+        return e->n_running + e->n_waiting;
+
+    int rc = lp_backend_forward(e->be, e->rows, n_rows, e->logits, err);
+    if (rc) {
+        /* fail every request of this batch with the message, keep serving */
+        for (int i = 0; i < n_rows; i++) {
+            emit_finish(e->row_seq[i], LP_FINISH_ERROR, err ? err->msg : "backend failure");
+            finish_seq(e, e->row_seq[i]);
+        }
+        return rc;
+    }
+    int li = 0;
+    for (int i = 0; i < n_rows; i++) {
+        seq *s = e->row_seq[i];
+        s->n_computed += e->rows[i].n_tokens;
+        if (e->rows[i].logits != LP_LOGITS_LAST)
+            continue;
+        float *lg = e->logits + (size_t)(li++) * (size_t)e->vocab;
+        lp_token_event ev = {.req_id = s->id};
+        /* logprobs of the raw logits, before the sampler modifies them */
+        int k = s->req.logprobs;
+        int32_t tok;
+        if (k >= 0) {
+            float *copy = NULL;
+            bool modifies = s->req.sampling.temperature > 0 || s->req.sampling.repetition_penalty != 1.0f ||
+                            s->req.sampling.presence_penalty != 0 || s->req.sampling.frequency_penalty != 0 ||
+                            s->req.sampling.n_logit_bias;
+            if (modifies && !(copy = malloc(sizeof(float) * (size_t)e->vocab))) {
+                emit_finish(s, LP_FINISH_ERROR, "out of memory");
+                finish_seq(e, s);
+                continue;
+            }
+            if (copy)
+                memcpy(copy, lg, sizeof(float) * (size_t)e->vocab);
+            tok = lp_sampler_sample(e->sampler, &s->req.sampling, &s->rng, copy ? copy : lg, s->tokens,
+                                    s->n_prompt, s->tokens + s->n_prompt, s->n_tokens - s->n_prompt);
+            free(copy);
+            ev.logprob = lp_logprobs(lg, e->vocab, tok, k, e->top);
+            ev.top = e->top;
+            ev.n_top = k;
+        } else {
+            tok = lp_sampler_sample(e->sampler, &s->req.sampling, &s->rng, lg, s->tokens, s->n_prompt,
+                                    s->tokens + s->n_prompt, s->n_tokens - s->n_prompt);
+        }
+        s->tokens[s->n_tokens++] = tok;
+        ev.token = tok;
+        ev.n_prompt = s->n_prompt;
+        ev.n_output = s->n_tokens - s->n_prompt;
+        if (is_stop(e, s, tok))
+            ev.finish = LP_FINISH_STOP;
+        else if (ev.n_output >= s->req.max_tokens || s->n_tokens >= e->p.max_model_len)
+            ev.finish = LP_FINISH_LENGTH;
+        if (s->req.cb)
+            s->req.cb(s->req.ud, &ev);
+        if (ev.finish != LP_FINISH_NONE)
+            finish_seq(e, s);
+    }
+    return e->n_running + e->n_waiting;
+}
