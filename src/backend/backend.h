@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "loraplex/adapter.h"
 #include "loraplex/model.h"
 #include "loraplex/status.h"
 
@@ -37,6 +38,8 @@ typedef struct lp_backend_params {
     int max_rows;        /* most rows in one forward call */
     int max_logit_rows;  /* most logit rows one call returns */
     int n_threads;       /* CPU threads (0 = all cores) */
+    int max_adapters;    /* adapter slots (the device tier) */
+    int max_lora_rank;   /* largest rank a slot accepts */
 } lp_backend_params;
 
 lp_backend_params lp_backend_default_params(void);
@@ -49,6 +52,11 @@ typedef struct lp_backend_ops {
      * A row's result does not depend on the other rows of the batch. */
     int (*forward)(lp_backend *b, const lp_batch_row *rows, int n_rows, float *logits,
                    lp_error *err);
+    /* Make adapter `a` (loaded against this backend's model) usable by rows
+     * naming `slot`. The adapter must stay alive until the slot is unloaded;
+     * no row of a running forward may name a slot being (un)loaded. */
+    int (*adapter_load)(lp_backend *b, int slot, const lp_adapter *a, lp_error *err);
+    void (*adapter_unload)(lp_backend *b, int slot);
 } lp_backend_ops;
 
 struct lp_backend {
@@ -64,6 +72,13 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params,
 static inline void lp_backend_free(lp_backend *b) {
     if (b)
         b->ops->free(b);
+}
+static inline int lp_backend_adapter_load(lp_backend *b, int slot, const lp_adapter *a,
+                                          lp_error *err) {
+    return b->ops->adapter_load(b, slot, a, err);
+}
+static inline void lp_backend_adapter_unload(lp_backend *b, int slot) {
+    b->ops->adapter_unload(b, slot);
 }
 static inline int lp_backend_forward(lp_backend *b, const lp_batch_row *rows, int n_rows,
                                      float *logits, lp_error *err) {

@@ -378,6 +378,19 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
     if (n_rows == 0)
         return e->n_running + e->n_waiting;
 
+    /* group rows by adapter slot so each adapter is one segment (stable) */
+    for (int i = 1; i < n_rows; i++) {
+        lp_batch_row r = e->rows[i];
+        seq *sq = e->row_seq[i];
+        int j = i;
+        while (j > 0 && e->rows[j - 1].adapter > r.adapter) {
+            e->rows[j] = e->rows[j - 1];
+            e->row_seq[j] = e->row_seq[j - 1];
+            j--;
+        }
+        e->rows[j] = r;
+        e->row_seq[j] = sq;
+    }
     int rc = lp_backend_forward(e->be, e->rows, n_rows, e->logits, err);
     if (rc) {
         /* fail every request of this batch with the message, keep serving */

@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
+#include "lora/adapter-impl.h"
 #include "model/model-impl.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -40,12 +41,18 @@ typedef struct cpu_backend {
     float *lin;      /* (max_logit_rows, hidden) final-normed rows that need logits */
     int32_t *tok_row, *tok_pos; /* (T) row index and position of each token */
     float *inv_freq; /* (head_dim/2) */
+    float *lora_v;   /* (T, max_lora_rank) shrink output */
+    float *lora_u;   /* (T, widest projection) expand output (DoRA) */
+    const lp_adapter **slots; /* (max_adapters) the device tier: borrowed */
+    bool any_adapter;         /* this call has a row with an adapter */
+    const lp_batch_row *rows; /* of the current call */
+    int n_rows;
 } cpu_backend;
 
 lp_backend_params lp_backend_default_params(void) {
     lp_backend_params p = {
         .n_kv_blocks = 1024, .block_size = 16, .max_tokens = 512, .max_rows = 64,
-        .max_logit_rows = 64, .n_threads = 0,
+        .max_logit_rows = 64, .n_threads = 0, .max_adapters = 8, .max_lora_rank = 256,
     };
     return p;
 }
@@ -102,9 +109,61 @@ static inline float *kv_at(cpu_backend *b, const int32_t *blocks, int layer, int
     return b->kv + off;
 }
 
-/* Y (T, rows) = X (T, cols) . W^T + bias, for projection m of layer l. */
-static void project(cpu_backend *b, const lp__layer *L, lp__module m, const float *X, float *Y,
-                    int64_t T) {
+/* Add the LoRA terms of projection m of layer l to Y for every segment of
+ * consecutive rows that share an adapter slot: one shrink (V = X A^T) and one
+ * expand (Y += s V B^T) per segment, at the segment's own rank. DoRA rows get
+ * Y = b + g (W x + s B A x) with g = magnitude / ||W + s B A||_row; a row's
+ * adapter_scale multiplies the whole adapter delta. */
+static void lora_apply(cpu_backend *b, const lp__layer *L, int layer, lp__module m, const float *X,
+                       float *Y) {
+    const lp__weight *w = &L->proj[m];
+    int64_t rows = w->rows, cols = w->cols;
+    int64_t t0 = 0;
+    for (int i = 0; i < b->n_rows;) {
+        int slot = b->rows[i].adapter;
+        int j = i;
+        int64_t n = 0;
+        while (j < b->n_rows && b->rows[j].adapter == slot)
+            n += b->rows[j++].n_tokens;
+        const lp__lora_mod *md = slot >= 0 ? lp__adapter_mod(b->slots[slot], layer, m) : NULL;
+        if (md && md->rank) {
+            int r = md->rank;
+            float *V = b->lora_v;
+            lp__cpu_matmul(V, r, X + t0 * cols, cols, md->A.data, md->A.dtype, cols, n, r, cols, false);
+            /* per-token scale: adapter scaling x the row's own scale */
+            int64_t t = 0;
+            for (int k = i; k < j; k++)
+                for (int q = 0; q < b->rows[k].n_tokens; q++, t++) {
+                    float sc = md->scaling * (md->dora_scale ? 1.0f : b->rows[k].adapter_scale);
+                    for (int c = 0; c < r; c++)
+                        V[t * r + c] *= sc;
+                }
+            float *Yseg = Y + t0 * rows;
+            if (!md->dora_scale) {
+                lp__cpu_matmul(Yseg, rows, V, r, md->B.data, md->B.dtype, r, n, rows, r, true);
+            } else {
+                float *U = b->lora_u;
+                lp__cpu_matmul(U, rows, V, r, md->B.data, md->B.dtype, r, n, rows, r, false);
+                const float *bias = L->bias[m], *g = md->dora_scale;
+                t = 0;
+                for (int k = i; k < j; k++) {
+                    float alpha = b->rows[k].adapter_scale;
+                    for (int q = 0; q < b->rows[k].n_tokens; q++, t++)
+                        for (int64_t o = 0; o < rows; o++) {
+                            float base = Yseg[t * rows + o] - (bias ? bias[o] : 0.0f);
+                            Yseg[t * rows + o] += alpha * ((g[o] - 1.0f) * base + g[o] * U[t * rows + o]);
+                        }
+                }
+            }
+        }
+        t0 += n;
+        i = j;
+    }
+}
+
+/* Y (T, rows) = X (T, cols) . W^T + bias (+ LoRA), for projection m of layer l. */
+static void project(cpu_backend *b, const lp__layer *L, int layer, lp__module m, const float *X,
+                    float *Y, int64_t T) {
     const lp__weight *w = &L->proj[m];
     lp__cpu_matmul(Y, w->rows, X, w->cols, w->data, w->dtype, w->cols, T, w->rows, w->cols, false);
     if (L->bias[m]) {
@@ -112,6 +171,8 @@ static void project(cpu_backend *b, const lp__layer *L, lp__module m, const floa
             for (int64_t i = 0; i < w->rows; i++)
                 Y[t * w->rows + i] += L->bias[m][i];
     }
+    if (b->any_adapter)
+        lora_apply(b, L, layer, m, X, Y);
 }
 
 static void attention(cpu_backend *b, const lp_batch_row *rows, int layer, int64_t T) {
@@ -162,8 +223,11 @@ static int check_rows(cpu_backend *b, const lp_batch_row *rows, int n_rows, int6
         if (r->n_tokens < 1 || r->pos0 < 0 || (int64_t)r->pos0 + r->n_tokens > b->max_ctx)
             return lp_error_set(err, LP_ERR_RANGE, "forward: row %d spans positions %d..%d (limit %lld)",
                                 i, r->pos0, r->pos0 + r->n_tokens, (long long)b->max_ctx);
-        if (r->adapter >= 0)
-            return lp_error_set(err, LP_ERR_UNSUPPORTED, "forward: row %d: adapters are not loaded", i);
+        if (r->adapter >= P->max_adapters || (r->adapter >= 0 && !b->slots[r->adapter]))
+            return lp_error_set(err, LP_ERR_INVALID, "forward: row %d: adapter slot %d is not loaded", i,
+                                r->adapter);
+        if (!(r->adapter_scale >= -100.0f && r->adapter_scale <= 100.0f))
+            return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: adapter scale must be in [-100, 100]", i);
         for (int j = 0; j < r->n_tokens; j++)
             if (r->tokens[j] < 0 || r->tokens[j] >= b->cfg->vocab)
                 return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: token id %d is out of range [0, %d)",
@@ -196,6 +260,11 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
     if (rc)
         return rc;
     int64_t D = c->hidden, F = c->ffn, hd = c->head_dim, half = hd / 2;
+    b->rows = rows;
+    b->n_rows = n_rows;
+    b->any_adapter = false;
+    for (int i = 0; i < n_rows; i++)
+        b->any_adapter |= rows[i].adapter >= 0;
 
     /* token -> row, position; embeddings; rotary tables */
     for (int i = 0, t = 0; i < n_rows; i++)
@@ -221,9 +290,9 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
         const lp__layer *L = &m->layers[l];
         for (int64_t t = 0; t < T; t++)
             rmsnorm(b->xn + t * D, b->x + t * D, L->attn_norm, D, c->rms_eps);
-        project(b, L, LP_MOD_Q, b->xn, b->q, T);
-        project(b, L, LP_MOD_K, b->xn, b->k, T);
-        project(b, L, LP_MOD_V, b->xn, b->v, T);
+        project(b, L, l, LP_MOD_Q, b->xn, b->q, T);
+        project(b, L, l, LP_MOD_K, b->xn, b->k, T);
+        project(b, L, l, LP_MOD_V, b->xn, b->v, T);
 #pragma omp parallel for if (T > 8)
         for (int64_t t = 0; t < T; t++) {
             const lp_batch_row *r = &rows[b->tok_row[t]];
@@ -244,19 +313,19 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
             }
         }
         attention(b, rows, l, T);
-        project(b, L, LP_MOD_O, b->att, b->tmp, T);
+        project(b, L, l, LP_MOD_O, b->att, b->tmp, T);
         for (int64_t i = 0; i < T * D; i++)
             b->x[i] += b->tmp[i];
         for (int64_t t = 0; t < T; t++)
             rmsnorm(b->xn + t * D, b->x + t * D, L->ffn_norm, D, c->rms_eps);
-        project(b, L, LP_MOD_GATE, b->xn, b->gate, T);
-        project(b, L, LP_MOD_UP, b->xn, b->up, T);
+        project(b, L, l, LP_MOD_GATE, b->xn, b->gate, T);
+        project(b, L, l, LP_MOD_UP, b->xn, b->up, T);
 #pragma omp parallel for if (T * F > 65536)
         for (int64_t i = 0; i < T * F; i++) {
             float g = b->gate[i];
             b->gate[i] = g / (1.0f + expf(-g)) * b->up[i];
         }
-        project(b, L, LP_MOD_DOWN, b->gate, b->tmp, T);
+        project(b, L, l, LP_MOD_DOWN, b->gate, b->tmp, T);
         for (int64_t i = 0; i < T * D; i++)
             b->x[i] += b->tmp[i];
     }
@@ -296,13 +365,42 @@ static void cpu_free(lp_backend *base) {
     free(b->tok_row);
     free(b->tok_pos);
     free(b->inv_freq);
+    free(b->lora_v);
+    free(b->lora_u);
+    free(b->slots);
     free(b);
+}
+
+static int cpu_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
+    cpu_backend *b = (cpu_backend *)base;
+    if (slot < 0 || slot >= base->params.max_adapters)
+        return lp_error_set(err, LP_ERR_RANGE, "adapter slot %d is out of range [0, %d)", slot,
+                            base->params.max_adapters);
+    if (a->n_layers != b->cfg->n_layers)
+        return lp_error_set(err, LP_ERR_INVALID, "%s: adapter was not loaded against this model", a->dir);
+    if (a->info.max_rank > base->params.max_lora_rank)
+        return lp_error_set(err, LP_ERR_LIMIT, "%s: rank %d exceeds the maximum LoRA rank %d", a->dir,
+                            a->info.max_rank, base->params.max_lora_rank);
+    for (size_t i = 0; i < (size_t)a->n_layers * LP_MOD_COUNT; i++)
+        if (a->mods[i].magnitude && !a->mods[i].dora_scale)
+            return lp_error_set(err, LP_ERR_INVALID, "%s: DoRA norms were not computed (load it with the model)",
+                                a->dir);
+    b->slots[slot] = a;
+    return LP_OK;
+}
+
+static void cpu_adapter_unload(lp_backend *base, int slot) {
+    cpu_backend *b = (cpu_backend *)base;
+    if (slot >= 0 && slot < base->params.max_adapters)
+        b->slots[slot] = NULL;
 }
 
 static const lp_backend_ops k_cpu_ops = {
     .name = "cpu",
     .free = cpu_free,
     .forward = cpu_forward,
+    .adapter_load = cpu_adapter_load,
+    .adapter_unload = cpu_adapter_unload,
 };
 
 int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, lp_backend **out,
@@ -310,7 +408,7 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, l
     *out = NULL;
     lp_backend_params P = params ? *params : lp_backend_default_params();
     if (P.n_kv_blocks < 1 || P.block_size < 1 || P.max_tokens < 1 || P.max_rows < 1 ||
-        P.max_logit_rows < 1)
+        P.max_logit_rows < 1 || P.max_adapters < 0 || P.max_lora_rank < 1)
         return lp_error_set(err, LP_ERR_INVALID, "cpu backend: all sizes must be positive");
     cpu_backend *b = calloc(1, sizeof *b);
     if (!b)
@@ -353,9 +451,13 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, l
     b->tok_row = lp__malloc_array(T, sizeof(int32_t));
     b->tok_pos = lp__malloc_array(T, sizeof(int32_t));
     b->inv_freq = lp__malloc_array(half, sizeof(float));
+    size_t widest = (size_t)LP_MAX(LP_MAX(b->q_dim, b->kv_dim), LP_MAX(c->hidden, c->ffn));
+    b->lora_v = lp__malloc_array(T * (size_t)P.max_lora_rank, sizeof(float));
+    b->lora_u = lp__malloc_array(T * widest, sizeof(float));
+    b->slots = lp__calloc_array((size_t)(P.max_adapters ? P.max_adapters : 1), sizeof(*b->slots));
     if (!b->kv || !b->x || !b->xn || !b->tmp || !b->q || !b->att || !b->k || !b->v || !b->gate ||
         !b->up || !b->rcos || !b->rsin || !b->scores || !b->lin || !b->tok_row || !b->tok_pos ||
-        !b->inv_freq) {
+        !b->inv_freq || !b->lora_v || !b->lora_u || !b->slots) {
         cpu_free(&b->base);
         return lp_error_set(err, LP_ERR_NOMEM, "cpu backend: out of memory for %zu MiB of KV cache and scratch",
                             kv_floats * 4 >> 20);
