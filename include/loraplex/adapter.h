@@ -48,4 +48,13 @@ const char *lp_adapter_dir(const lp_adapter *a);
 /* Names of the projections, in bit order of lp_adapter_info.targets. */
 const char *lp_adapter_module_name(int m);
 
+/* Merge adapter `a` (loaded against `model`) into the base weights and write
+ * a complete model directory to out_dir (config with the output dtype,
+ * generation config, tokenizer files, safetensors weights, sharded past
+ * 2 GiB): W' = W + s B A, and for DoRA W' = diag(m / ||W + s B A||_row)(W + s B A).
+ * out_dtype LP_DTYPE_INVALID keeps each tensor's base dtype. out_dir must not
+ * exist or be empty; on failure the files written are removed. */
+int lp_adapter_merge(const lp_model *model, const lp_adapter *a, const char *out_dir, lp_dtype out_dtype,
+                     lp_error *err);
+
 #endif

@@ -1,0 +1,7 @@
+# LoRA tests: mixed batches against single-row runs, task evals with the
+# trained demo adapters, adapter loading and validation.
+foreach(family llama qwen2)
+  lp_add_unit_test(test_mixed_batch_${family}
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_mixed_batch.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
+    ARGS ${LP_TEST_DATA}/conform/${family})
+endforeach()
