@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "loraplex/adapter.h"
 #include "loraplex/model.h"
 #include "util/util.h"
 
@@ -29,6 +30,12 @@ static const char k_usage[] =
     "  --seed S             random seed; same seed, same output (default: from the clock)\n"
     "  --ignore-eos         keep generating past end-of-sequence tokens\n"
     "  --logprobs K         report each token's logprob and the K most likely (0-20)\n"
+    "  --lora [NAME=]DIR    load a PEFT LoRA adapter (repeatable; NAME defaults to\n"
+    "                       the directory's name)\n"
+    "  --adapter NAME       which loaded adapter to apply (default: the first --lora;\n"
+    "                       'base' for none)\n"
+    "  --lora-scale S       multiply the adapter's effect (default 1)\n"
+    "  --max-lora-rank N    refuse adapters of a larger rank (default 256)\n"
     "  --threads N          CPU threads (default: all cores)\n"
     "  --json               print one JSON object: prompt_tokens, tokens, text,\n"
     "                       finish_reason, logprobs\n";
@@ -75,8 +82,15 @@ static void on_token(void *ud, const lp_token_event *ev) {
     }
 }
 
+#define MAX_LORAS 64
+
 int lp_cmd_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *prompt = NULL, *prompt_ids = NULL;
+    const char *model_dir = NULL, *prompt = NULL, *prompt_ids = NULL, *adapter_name = NULL;
+    const char *lora_specs[MAX_LORAS];
+    int n_loras = 0;
+    lp_adapter *loras[MAX_LORAS] = {0};
+    double lora_scale = 1.0;
+    long long max_rank = 256;
     long long max_tokens = 64, top_k = 0, seed = 0, k = -1, threads = 0;
     double temperature = 0.0, top_p = 1.0, min_p = 0.0;
     bool has_seed = false, json = false, ignore_eos = false, add_special = true;
@@ -121,6 +135,20 @@ int lp_cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--logprobs")) {
             if (!lp_cli_int(a, v, 0, LP_MAX_TOP_LOGPROBS, &k))
                 return 2;
+        } else if (!strcmp(a, "--lora")) {
+            if (n_loras == MAX_LORAS) {
+                fprintf(stderr, "error: at most %d --lora\n", MAX_LORAS);
+                return 2;
+            }
+            lora_specs[n_loras++] = v;
+        } else if (!strcmp(a, "--adapter")) {
+            adapter_name = v;
+        } else if (!strcmp(a, "--lora-scale")) {
+            if (!lp_cli_float(a, v, -100, 100, &lora_scale))
+                return 2;
+        } else if (!strcmp(a, "--max-lora-rank")) {
+            if (!lp_cli_int(a, v, 1, 1 << 16, &max_rank))
+                return 2;
         } else if (!strcmp(a, "--threads")) {
             if (!lp_cli_int(a, v, 0, 4096, &threads))
                 return 2;
@@ -150,6 +178,36 @@ int lp_cmd_generate(int argc, char **argv) {
     }
     const lp_model_config *cfg = lp_model_get_config(model);
     g.tok = lp_model_tokenizer(model);
+    /* adapters: NAME=DIR or DIR (name = last path component) */
+    int use_slot = -1;
+    lp_adapter_params ap = lp_adapter_default_params();
+    ap.max_rank = (int)max_rank;
+    for (int i = 0; i < n_loras; i++) {
+        const char *spec = lora_specs[i], *eq = strchr(spec, '=');
+        const char *dir = eq ? eq + 1 : spec;
+        char name[256];
+        if (eq) {
+            snprintf(name, sizeof name, "%.*s", (int)(eq - spec), spec);
+        } else {
+            size_t n = strlen(dir);
+            while (n > 1 && dir[n - 1] == '/')
+                n--;
+            size_t b = n;
+            while (b > 0 && dir[b - 1] != '/')
+                b--;
+            snprintf(name, sizeof name, "%.*s", (int)(n - b), dir + b);
+        }
+        if (lp_adapter_load(dir, model, &ap, &loras[i], &err)) {
+            fprintf(stderr, "error: --lora %s: %s\n", spec, err.msg);
+            goto out;
+        }
+        if ((adapter_name && !strcmp(adapter_name, name)) || (!adapter_name && i == 0))
+            use_slot = i;
+    }
+    if (adapter_name && strcmp(adapter_name, "base") && use_slot < 0) {
+        fprintf(stderr, "error: --adapter %s: no --lora of that name\n", adapter_name);
+        goto out;
+    }
     if (prompt) {
         if (!g.tok) {
             fprintf(stderr, "error: %s has no tokenizer.json; use --prompt-ids\n", model_dir);
@@ -184,10 +242,17 @@ int lp_cmd_generate(int argc, char **argv) {
     bp.max_logit_rows = 1;
     bp.max_tokens = 512;
     bp.n_threads = (int)threads;
+    bp.max_adapters = n_loras;
+    bp.max_lora_rank = (int)max_rank;
     if (lp_backend_cpu_new(model, &bp, &be, &err)) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
+    for (int i = 0; i < n_loras; i++)
+        if (lp_backend_adapter_load(be, i, loras[i], &err)) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            goto out;
+        }
     lp_engine_params ep = lp_engine_default_params();
     ep.max_num_seqs = 1;
     ep.max_model_len = (int)total;
@@ -207,6 +272,8 @@ int lp_cmd_generate(int argc, char **argv) {
     req.sampling.has_seed = has_seed;
     req.ignore_eos = ignore_eos;
     req.logprobs = (int)k;
+    req.adapter = use_slot;
+    req.adapter_scale = (float)lora_scale;
     req.cb = on_token;
     req.ud = &g;
     if (g.tok && !json)
@@ -266,6 +333,8 @@ out:
     free(ids);
     lp_engine_free(eng);
     lp_backend_free(be);
+    for (int i = 0; i < n_loras; i++)
+        lp_adapter_free(loras[i]);
     lp_model_free(model);
     return status;
 }

@@ -10,6 +10,8 @@ static const struct {
     const char *help;
 } k_cmds[] = {
     {"generate", lp_cmd_generate, "generate text from a prompt on the command line"},
+    {"merge", lp_cmd_merge, "merge an adapter into the base weights, write a new model directory"},
+    {"inspect", lp_cmd_inspect, "describe and validate an adapter, model or safetensors file"},
     {"synth", lp_cmd_synth, "write a random-weight model directory (benchmarks, tests)"},
 };
 
