@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# test.sh - quick start, command 2: build and run every test. Installs what is
+# missing, then runs the suite under ASan+UBSan and in a -Werror Release
+# build (CTest's summary of the Release run is the last thing printed).
+# LORAPLEX_TEST_QUICK=1 skips the sanitizer pass.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/install-deps.sh
+jobs=$(nproc)
+
+if [ "${LORAPLEX_TEST_QUICK:-0}" != 1 ]; then
+  echo "== sanitizer build (address,undefined)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLORAPLEX_WERROR=ON \
+        -DLORAPLEX_SANITIZE=address,undefined >/dev/null
+  cmake --build build-asan -j"$jobs" >/dev/null
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 LORAPLEX_SANITIZER_BUILD=1 \
+     ctest -j"$jobs" --output-on-failure)
+fi
+
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  if [ -d src/backend/cuda ] && ls src/backend/cuda/*.cu >/dev/null 2>&1; then
+    echo "== CUDA compile check"
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_CUDA=ON >/dev/null
+    cmake --build build-cuda -j"$jobs" >/dev/null
+  fi
+fi
+
+echo "== release build (-Werror)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_WERROR=ON >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+cd build && ctest -j"$jobs" --output-on-failure
