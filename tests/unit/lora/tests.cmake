@@ -5,3 +5,6 @@ foreach(family llama qwen2)
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_mixed_batch.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
     ARGS ${LP_TEST_DATA}/conform/${family})
 endforeach()
+lp_add_unit_test(test_task_eval
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_task_eval.c
+  ARGS ${LP_MODELS} ${LP_TEST_DATA}/evals)
