@@ -8,3 +8,6 @@ endforeach()
 lp_add_unit_test(test_task_eval
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_task_eval.c
   ARGS ${LP_MODELS} ${LP_TEST_DATA}/evals)
+lp_add_unit_test(test_merge
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_merge.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
+  ARGS ${LP_MODELS} ${LP_TEST_DATA})
