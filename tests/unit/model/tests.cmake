@@ -4,3 +4,6 @@ foreach(family llama qwen2)
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_conform.c ${CMAKE_CURRENT_LIST_DIR}/conform.c
     ARGS ${LP_TEST_DATA}/conform/${family})
 endforeach()
+lp_add_unit_test(test_model_load
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_model_load.c ${CMAKE_CURRENT_LIST_DIR}/conform.c
+  ARGS ${LP_MODELS})
