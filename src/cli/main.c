@@ -9,6 +9,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } k_cmds[] = {
+    {"serve", lp_cmd_serve, "OpenAI-compatible server for a base model and its adapters"},
     {"generate", lp_cmd_generate, "generate text from a prompt on the command line"},
     {"merge", lp_cmd_merge, "merge an adapter into the base weights, write a new model directory"},
     {"inspect", lp_cmd_inspect, "describe and validate an adapter, model or safetensors file"},

@@ -1,0 +1,383 @@
+/* server.c - `loraplex serve`: start-up (model, backend, engine, adapter
+ * store, chat template), the libmicrohttpd daemon (a thread per connection,
+ * bounded bodies, headers and connections, idle timeouts), authentication,
+ * routing, and the SIGTERM drain. */
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/server-impl.h"
+#include "util/log.h"
+#include "util/util.h"
+
+lp_server_params lp_server_default_params(void) {
+    lp_server_params p;
+    memset(&p, 0, sizeof p);
+    p.host = "127.0.0.1";
+    p.port = 8000;
+    p.lora_refresh_s = 10.0;
+    p.max_loras = 4;
+    p.max_cpu_loras = 16;
+    p.max_lora_rank = 64;
+    p.max_num_seqs = 32;
+    p.max_model_len = 0;
+    p.max_num_batched_tokens = 512;
+    p.kv_cache_mib = 512;
+    p.max_connections = 1024;
+    p.connection_timeout_s = 30;
+    p.max_body_bytes = 8u << 20;
+    p.drain_timeout_s = 30.0;
+    p.max_queue = 1024;
+    return p;
+}
+
+/* ---- response helpers --------------------------------------------------- */
+
+enum MHD_Result lp__send_text(struct MHD_Connection *c, unsigned status, const char *ctype, char *text) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(text ? strlen(text) : 0, text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    enum MHD_Result res = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return res;
+}
+
+enum MHD_Result lp__send_json(struct MHD_Connection *c, unsigned status, json_t *obj) {
+    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (!text)
+        text = lp__strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"InternalServerError\",\"param\":null,\"code\":500}}");
+    return lp__send_text(c, status, "application/json", text);
+}
+
+enum MHD_Result lp__send_error(struct MHD_Connection *c, unsigned status, const char *type, const char *param,
+                               const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *e = json_pack("{s:{s:s,s:s,s:o,s:i}}", "error", "message", msg, "type", type, "param",
+                          param ? json_string(param) : json_null(), "code", (int)status);
+    return lp__send_json(c, status, e);
+}
+
+bool lp__authorized(lp_server *s, struct MHD_Connection *c, bool admin) {
+    const char *key = admin && s->p.admin_key ? s->p.admin_key : s->p.api_key;
+    if (!key)
+        return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncmp(h, "Bearer ", 7))
+        return false;
+    /* constant-time compare */
+    const char *got = h + 7;
+    size_t a = strlen(got), b = strlen(key);
+    unsigned diff = (unsigned)(a ^ b);
+    for (size_t i = 0; i < a && i < b; i++)
+        diff |= (unsigned)(got[i] ^ key[i]);
+    return diff == 0;
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+typedef struct conn_ctx {
+    char *body;
+    size_t len, cap;
+    bool too_big;
+} conn_ctx;
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    conn_ctx *ctx = *con_cls;
+    if (ctx) {
+        free(ctx->body);
+        free(ctx);
+        *con_cls = NULL;
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    lp_server *s = cls;
+    conn_ctx *ctx = *con_cls;
+    if (!ctx) {
+        ctx = calloc(1, sizeof *ctx);
+        if (!ctx)
+            return MHD_NO;
+        *con_cls = ctx;
+        const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (te && cl)
+            return lp__send_error(c, 400, "BadRequestError", NULL,
+                                  "both Content-Length and Transfer-Encoding given");
+        if (cl) {
+            char *end = NULL;
+            long long n = strtoll(cl, &end, 10);
+            if (end == cl || *end || n < 0)
+                return lp__send_error(c, 400, "BadRequestError", NULL, "bad Content-Length");
+            if ((uint64_t)n > s->p.max_body_bytes)
+                return lp__send_error(c, 413, "RequestTooLargeError", NULL, "request body over %llu bytes",
+                                      (unsigned long long)s->p.max_body_bytes);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!ctx->too_big) {
+            if (ctx->len + *upload_size > s->p.max_body_bytes) {
+                ctx->too_big = true;
+            } else {
+                if (ctx->len + *upload_size + 1 > ctx->cap) {
+                    size_t cap = ctx->cap ? ctx->cap : 4096;
+                    while (cap < ctx->len + *upload_size + 1)
+                        cap *= 2;
+                    char *b = realloc(ctx->body, cap);
+                    if (!b)
+                        return MHD_NO;
+                    ctx->body = b;
+                    ctx->cap = cap;
+                }
+                memcpy(ctx->body + ctx->len, upload, *upload_size);
+                ctx->len += *upload_size;
+                ctx->body[ctx->len] = '\0';
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (ctx->too_big)
+        return lp__send_error(c, 413, "RequestTooLargeError", NULL, "request body over %llu bytes",
+                              (unsigned long long)s->p.max_body_bytes);
+    const char *body = ctx->body ? ctx->body : "";
+    bool is_post = !strcmp(method, "POST"), is_get = !strcmp(method, "GET");
+    bool open_route = !strcmp(url, "/health") || !strcmp(url, "/metrics");
+    if (!open_route && !lp__authorized(s, c, false) &&
+        !(strstr(url, "lora_adapter") && lp__authorized(s, c, true)))
+        return lp__send_error(c, 401, "AuthenticationError", NULL, "missing or invalid API key");
+    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions")) {
+        if (!is_post)
+            return lp__send_error(c, 405, "BadRequestError", NULL, "%s needs POST", url);
+        pthread_mutex_lock(&s->mu);
+        bool stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stopping)
+            return lp__send_error(c, 503, "ServiceUnavailableError", NULL, "the server is shutting down");
+        return lp__handle_generate(s, c, strstr(url, "chat") != NULL, body, ctx->len);
+    }
+    bool handled = false;
+    enum MHD_Result r = lp__handle_admin(s, c, method, url, body, ctx->len, &handled);
+    if (handled)
+        return r;
+    (void)is_get;
+    return lp__send_error(c, 404, "NotFoundError", NULL, "no route for %s %s", method, url);
+}
+
+/* ---- start-up ----------------------------------------------------------- */
+
+static void progress_bar(double frac, void *ud) {
+    static int last = -1;
+    int pct = (int)(frac * 100.0);
+    if (pct == last)
+        return;
+    last = pct;
+    int w = 30, fill = (int)(frac * w);
+    fprintf(stderr, "\rloading weights [");
+    for (int i = 0; i < w; i++)
+        fputc(i < fill ? '#' : '.', stderr);
+    fprintf(stderr, "] %3d%%%s", pct, frac >= 1.0 ? "\n" : "");
+    fflush(stderr);
+}
+
+static int setup(lp_server *s, lp_error *err) {
+    const lp_server_params *p = &s->p;
+    int rc;
+    double t0 = lp__now();
+    if ((rc = lp_model_load(p->model_dir, &s->model, isatty(2) ? progress_bar : NULL, NULL, err)))
+        return rc;
+    s->tok = lp_model_tokenizer(s->model);
+    if (!s->tok)
+        return lp_error_set(err, LP_ERR_NOT_FOUND, "%s: the server needs tokenizer.json", p->model_dir);
+    const lp_model_config *c = lp_model_get_config(s->model);
+    if (s->p.max_model_len <= 0 || s->p.max_model_len > c->max_pos)
+        s->p.max_model_len = c->max_pos;
+    lp_backend_params bp = lp_backend_default_params();
+    bp.block_size = 16;
+    size_t per_block = (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * 16 * sizeof(float);
+    bp.n_kv_blocks = p->kv_blocks > 0 ? p->kv_blocks : (int)(((size_t)p->kv_cache_mib << 20) / per_block);
+    int need = (s->p.max_model_len + 15) / 16;
+    if (bp.n_kv_blocks < need)
+        bp.n_kv_blocks = need;
+    bp.max_rows = p->max_num_seqs;
+    bp.max_logit_rows = p->max_num_seqs;
+    bp.max_tokens = p->max_num_batched_tokens;
+    bp.max_adapters = p->max_loras;
+    bp.max_lora_rank = p->max_lora_rank;
+    bp.n_threads = p->threads;
+    if ((rc = lp_backend_cpu_new(s->model, &bp, &s->be, err)))
+        return rc;
+    lp_engine_params ep = lp_engine_default_params();
+    ep.max_num_seqs = p->max_num_seqs;
+    ep.max_model_len = s->p.max_model_len;
+    ep.max_num_batched_tokens = p->max_num_batched_tokens;
+    if ((rc = lp_engine_new(s->be, &ep, &s->engine, err)))
+        return rc;
+    lp_store_params sp = {.lora_dir = p->lora_dir, .max_cpu_loras = p->max_cpu_loras, .max_loras = p->max_loras,
+                          .max_lora_rank = p->max_lora_rank};
+    if ((rc = lp_store_new(s->model, s->be, &sp, &s->store, err)))
+        return rc;
+    for (int i = 0; i < p->n_lora_modules; i++) {
+        const char *eq = strchr(p->lora_modules[i], '=');
+        if (!eq)
+            return lp_error_set(err, LP_ERR_INVALID, "--lora-modules %s: expected name=path", p->lora_modules[i]);
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)(eq - p->lora_modules[i]), p->lora_modules[i]);
+        if ((rc = lp_store_register(s->store, name, eq + 1, false, true, err)))
+            return lp_error_prefix(err, "--lora-modules %s", name);
+    }
+    if (p->lora_dir) {
+        lp_store_scan(s->store); /* first scan records, second registers stable dirs */
+        lp_store_scan(s->store);
+    }
+    char *src = NULL;
+    lp_error terr = {0};
+    if (lp_chat_template_load_model(p->model_dir, &src, &s->bos, &s->eos, &terr) == LP_OK) {
+        if (lp_chat_template_compile(src, strlen(src), &s->tmpl, &terr))
+            LP_WARN("chat template of %s does not compile (%s); /v1/chat/completions is disabled", p->model_dir,
+                    terr.msg);
+        free(src);
+    } else {
+        LP_INFO("%s has no chat template; /v1/chat/completions is disabled", p->model_dir);
+    }
+    s->active_names = calloc((size_t)p->max_cpu_loras + 1, 128);
+    s->active_counts = calloc((size_t)p->max_cpu_loras + 1, sizeof(int));
+    if (!s->active_names || !s->active_counts)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    LP_INFO("model %s loaded in %.2f s: %s, %d layers, context %d, KV cache %d blocks (%.0f MiB)", s->model_id,
+            lp__now() - t0, c->architecture, c->n_layers, s->p.max_model_len, bp.n_kv_blocks,
+            (double)per_block * bp.n_kv_blocks / 1048576.0);
+    return LP_OK;
+}
+
+static void teardown(lp_server *s) {
+    lp_store_free(s->store);
+    lp_engine_free(s->engine);
+    lp_backend_free(s->be);
+    lp_chat_template_free(s->tmpl);
+    free(s->bos);
+    free(s->eos);
+    lp_model_free(s->model);
+    free(s->active_names);
+    free(s->active_counts);
+    free(s->run);
+}
+
+int lp_server_run(const lp_server_params *params) {
+    lp_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return 1;
+    s->p = *params;
+    s->started = (double)time(NULL);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->m.mu, NULL);
+    const char *name = params->served_name;
+    if (!name) {
+        size_t n = strlen(params->model_dir);
+        while (n > 1 && params->model_dir[n - 1] == '/')
+            n--;
+        size_t b = n;
+        while (b > 0 && params->model_dir[b - 1] != '/')
+            b--;
+        snprintf(s->model_id, sizeof s->model_id, "%.*s", (int)(n - b), params->model_dir + b);
+    } else {
+        snprintf(s->model_id, sizeof s->model_id, "%s", name);
+    }
+    srand48((long)time(NULL) ^ (long)getpid());
+    /* block the stop signals in every thread; the main thread waits for them */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    lp_error err = {0};
+    int status = 1;
+    if (setup(s, &err)) {
+        LP_ERROR("%s", err.msg);
+        goto out;
+    }
+    if (lp__worker_start(s)) {
+        LP_ERROR("cannot start the engine thread");
+        goto out;
+    }
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)params->port);
+    if (inet_pton(AF_INET, params->host, &addr.sin_addr) != 1) {
+        LP_ERROR("--host %s: not an IPv4 address", params->host);
+        lp__worker_stop(s);
+        goto out;
+    }
+    s->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                                  MHD_USE_ERROR_LOG,
+                              (uint16_t)params->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &addr,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)params->max_connections,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)params->connection_timeout_s,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+                              MHD_OPTION_END);
+    if (!s->mhd) {
+        LP_ERROR("cannot listen on %s:%d (in use?)", params->host, params->port);
+        lp__worker_stop(s);
+        goto out;
+    }
+    LP_INFO("serving %s on http://%s:%d  (adapters: %s)", s->model_id, params->host, params->port,
+            params->lora_dir ? params->lora_dir : "none");
+    LP_INFO("try: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
+            "-d '{\"model\": \"%s\", \"prompt\": \"The computer\", \"max_tokens\": 32}'",
+            params->host, params->port, s->model_id);
+    int sig = 0;
+    sigwait(&set, &sig);
+    LP_INFO("signal %d: draining (no new requests; up to %.0f s for %d in flight)", sig, params->drain_timeout_s,
+            s->n_active);
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_mutex_unlock(&s->mu);
+    MHD_socket lsock = MHD_quiesce_daemon(s->mhd);
+    if (lsock != MHD_INVALID_SOCKET)
+        close(lsock);
+    double deadline = lp__now() + params->drain_timeout_s;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int active = s->n_active;
+        pthread_mutex_unlock(&s->mu);
+        if (active == 0 || lp__now() > deadline)
+            break;
+        usleep(20000);
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->n_active)
+        LP_WARN("drain deadline reached; aborting %d requests", s->n_active);
+    pthread_mutex_unlock(&s->mu);
+    lp__worker_stop(s); /* aborts what is left: their clients get finish_reason "abort" */
+    MHD_stop_daemon(s->mhd);
+    LP_INFO("stopped");
+    status = 0;
+out:
+    teardown(s);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->m.mu);
+    free(s);
+    return status;
+}
