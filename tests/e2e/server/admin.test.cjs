@@ -1,0 +1,165 @@
+// admin.test.cjs - adapter management: runtime load/unload with vLLM's status
+// codes, path confinement, directory refresh (new, changed, removed,
+// half-copied), tier limits (429 with Retry-After), auth, client disconnect
+// aborts, SIGTERM drain.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const fs = require('node:fs');
+const path = require('node:path');
+const { start, stop, post, metric, loraDir, tmpdir, sleep, REPO } = require('./harness.cjs');
+
+const MATH_PROMPT = 'Q: What is 153 + 612?\nA:';
+
+test('load/unload adapters at run time', async () => {
+  const dir = loraDir(['math']);
+  fs.cpSync(path.join(dir, 'math'), path.join(dir, 'extra', 'math-copy'), { recursive: true });
+  const outside = tmpdir('lp-e2e-outside-');
+  fs.cpSync(path.join(REPO, 'models/tinylm-adapters/sort'), path.join(outside, 'sort'), { recursive: true });
+  fs.symlinkSync(path.join(outside, 'sort'), path.join(dir, 'escape'));
+  const srv = await start(['--lora-dir', dir, '--lora-refresh-interval', '0']);
+  try {
+    const ok = await post(srv.url + '/v1/load_lora_adapter', { lora_name: 'm2', lora_path: path.join(dir, 'extra', 'math-copy') });
+    assert.strictEqual(ok.status, 200, ok.text);
+    const r = await post(srv.url + '/v1/completions', { model: 'm2', prompt: MATH_PROMPT, max_tokens: 8, temperature: 0 });
+    assert.strictEqual(r.json.choices[0].text, ' 765\n');
+    const dup = await post(srv.url + '/v1/load_lora_adapter', { lora_name: 'm2', lora_path: 'extra/math-copy' });
+    assert.strictEqual(dup.status, 400);
+    for (const [lora_path, why] of [['../../../etc', 'traversal'], [outside + '/sort', 'outside root'], ['escape', 'symlink escape'],
+      ['http://example.com/a', 'url'], ['s3://bucket/a', 'url'], ['nonexistent', 'missing']]) {
+      const b = await post(srv.url + '/v1/load_lora_adapter', { lora_name: 'bad-' + why.replace(/ /g, '-'), lora_path });
+      assert.ok(b.status === 400 || b.status === 404, why + ': ' + b.status);
+      assert.ok(b.json.error.message.length > 0);
+    }
+    for (const lora_name of ['../x', 'a/b', '.hidden', '', 'x'.repeat(200)]) {
+      const b = await post(srv.url + '/v1/load_lora_adapter', { lora_name, lora_path: 'math' });
+      assert.strictEqual(b.status, 400, lora_name);
+      assert.strictEqual(b.json.error.param, 'lora_name');
+    }
+    const nul = await post(srv.url + '/v1/load_lora_adapter', '{"lora_name":"a\\u0000b","lora_path":"math"}');
+    assert.strictEqual(nul.status, 400);
+    // a broken adapter is refused with its message
+    const broken = path.join(dir, 'broken');
+    fs.mkdirSync(broken);
+    fs.writeFileSync(path.join(broken, 'adapter_config.json'), '{"r": 0, "target_modules": ["q_proj"]}');
+    fs.writeFileSync(path.join(broken, 'adapter_model.safetensors'), 'garbage!!');
+    const br = await post(srv.url + '/v1/load_lora_adapter', { lora_name: 'broken', lora_path: 'broken' });
+    assert.strictEqual(br.status, 400);
+    assert.match(br.json.error.message, /\br\b/);
+    assert.strictEqual((await post(srv.url + '/v1/unload_lora_adapter', { lora_name: 'nope' })).status, 404);
+    assert.strictEqual((await post(srv.url + '/v1/unload_lora_adapter', { lora_name: 'm2' })).status, 200);
+    const gone = await post(srv.url + '/v1/completions', { model: 'm2', prompt: 'x', max_tokens: 1 });
+    assert.strictEqual(gone.status, 404);
+    assert.ok(fs.existsSync(path.join(dir, 'extra', 'math-copy', 'adapter_model.safetensors')), 'files untouched');
+  } finally { await stop(srv); }
+});
+
+test('directory refresh: new, changed, removed and half-copied adapters', async () => {
+  const dir = loraDir(['math']);
+  const srv = await start(['--lora-dir', dir, '--lora-refresh-interval', '0.3']);
+  const ids = async () => (await (await fetch(srv.url + '/v1/models')).json()).data.map((m) => m.id).sort();
+  const waitFor = async (pred) => { for (let i = 0; i < 50; i++) { if (pred(await ids())) return true; await sleep(100); } return false; };
+  try {
+    assert.deepStrictEqual(await ids(), ['math', 'tinylm']);
+    fs.cpSync(path.join(REPO, 'models/tinylm-adapters/sort'), path.join(dir, 'sort'), { recursive: true });
+    assert.ok(await waitFor((l) => l.includes('sort')), 'new adapter appears');
+    const r = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'Sort: 9 1 3 3\nSorted:', max_tokens: 12, temperature: 0 });
+    assert.strictEqual(r.json.choices[0].text, ' 1 3 3 9\n');
+    // half-copied: a config without weights is not registered
+    fs.mkdirSync(path.join(dir, 'half'));
+    fs.copyFileSync(path.join(REPO, 'models/tinylm-adapters/math/adapter_config.json'), path.join(dir, 'half', 'adapter_config.json'));
+    await sleep(1000);
+    assert.ok(!(await ids()).includes('half'), 'half-copied adapter must not be listed');
+    // changed: replace math's weights by reverse's; new requests see the new weights
+    fs.rmSync(path.join(dir, 'math'), { recursive: true });
+    fs.cpSync(path.join(REPO, 'models/tinylm-adapters/reverse'), path.join(dir, 'math'), { recursive: true });
+    let text = '';
+    for (let i = 0; i < 50 && text !== ' e n o t s\n'; i++) {
+      await sleep(100);
+      const q = await post(srv.url + '/v1/completions', { model: 'math', prompt: 'Reverse the letters: s t o n e\nAnswer:', max_tokens: 12, temperature: 0 });
+      text = q.json && q.json.choices ? q.json.choices[0].text : '';
+    }
+    assert.strictEqual(text, ' e n o t s\n', 'changed adapter reloaded');
+    fs.rmSync(path.join(dir, 'sort'), { recursive: true });
+    assert.ok(await waitFor((l) => !l.includes('sort')), 'removed adapter disappears');
+  } finally { await stop(srv); }
+});
+
+test('host tier full of active adapters -> 429 with Retry-After; device tier swaps', async () => {
+  const srv = await start(['--lora-dir', loraDir(), '--max-loras', '1', '--max-cpu-loras', '1']);
+  try {
+    const ctl = new AbortController();
+    const long = fetch(srv.url + '/v1/completions', { method: 'POST', signal: ctl.signal, headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'math', prompt: 'The', max_tokens: 600, ignore_eos: true, stream: true }) });
+    const resp = await long;
+    const reader = resp.body.getReader();
+    await reader.read(); // generation is running
+    const r = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'x', max_tokens: 2 });
+    assert.strictEqual(r.status, 429, r.text);
+    assert.strictEqual(r.headers.get('retry-after'), '1');
+    assert.strictEqual(r.json.error.code, 429);
+    // the same adapter and the base still get in
+    const same = await post(srv.url + '/v1/completions', { model: 'math', prompt: MATH_PROMPT, max_tokens: 8, temperature: 0 });
+    assert.strictEqual(same.json.choices[0].text, ' 765\n');
+    const base = await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 2 });
+    assert.strictEqual(base.status, 200);
+    ctl.abort();
+    await sleep(300);
+    // now sort fits: it displaces math from both tiers
+    const s = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'Sort: 9 1 3 3\nSorted:', max_tokens: 12, temperature: 0 });
+    assert.strictEqual(s.status, 200, s.text);
+    assert.strictEqual(s.json.choices[0].text, ' 1 3 3 9\n');
+    assert.ok(await metric(srv.url, 'loraplex_adapter_evictions_total{tier="host"}') >= 1);
+  } finally { await stop(srv); }
+});
+
+test('client disconnect aborts generation and frees its KV blocks', async () => {
+  const srv = await start(['--lora-dir', loraDir()]);
+  try {
+    for (const stream of [true, false]) {
+      const ctl = new AbortController();
+      const p = fetch(srv.url + '/v1/completions', { method: 'POST', signal: ctl.signal, headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: 'math', prompt: 'The', max_tokens: 1000, ignore_eos: true, stream }) }).catch(() => null);
+      let running = 0;
+      for (let i = 0; i < 50 && running < 1; i++) { await sleep(20); running = await metric(srv.url, 'vllm:num_requests_running'); }
+      assert.strictEqual(running, 1);
+      ctl.abort();
+      await p;
+      let after = 1;
+      for (let i = 0; i < 50 && after > 0; i++) { await sleep(50); after = await metric(srv.url, 'vllm:num_requests_running'); }
+      assert.strictEqual(after, 0, 'aborted (' + (stream ? 'stream' : 'plain') + ')');
+      assert.strictEqual(await metric(srv.url, 'vllm:kv_cache_usage_perc'), 0);
+    }
+    const a = await (await fetch(srv.url + '/v1/adapters')).json();
+    assert.strictEqual(a.data.find((x) => x.name === 'math').active, 0);
+  } finally { await stop(srv); }
+});
+
+test('api key and admin key', async () => {
+  const srv = await start(['--lora-dir', loraDir(['math']), '--api-key', 'k1', '--admin-key', 'k2']);
+  try {
+    assert.strictEqual((await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 1 })).status, 401);
+    assert.strictEqual((await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 1 }, { Authorization: 'Bearer nope' })).status, 401);
+    assert.strictEqual((await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 1 }, { Authorization: 'Bearer k1' })).status, 200);
+    assert.strictEqual((await fetch(srv.url + '/health')).status, 200);
+    assert.strictEqual((await fetch(srv.url + '/metrics')).status, 200);
+    assert.strictEqual((await post(srv.url + '/v1/unload_lora_adapter', { lora_name: 'math' }, { Authorization: 'Bearer k1' })).status, 401);
+    assert.strictEqual((await post(srv.url + '/v1/unload_lora_adapter', { lora_name: 'math' }, { Authorization: 'Bearer k2' })).status, 200);
+  } finally { await stop(srv); }
+});
+
+test('SIGTERM drains in-flight requests, refuses new ones, exits 0', async () => {
+  const srv = await start(['--lora-dir', loraDir(['math'])]);
+  const inflight = post(srv.url + '/v1/completions', { model: 'math', prompt: 'The', max_tokens: 200, ignore_eos: true });
+  let running = 0;
+  for (let i = 0; i < 100 && running < 1; i++) { await sleep(10); running = await metric(srv.url, 'vllm:num_requests_running'); }
+  srv.proc.kill('SIGTERM');
+  await sleep(50);
+  const late = await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 1 }).catch(() => ({ status: 'refused' }));
+  assert.ok(late.status === 'refused' || late.status === 503, 'new request: ' + late.status);
+  const r = await inflight;
+  assert.strictEqual(r.status, 200);
+  assert.strictEqual(r.json.usage.completion_tokens, 200);
+  const { code } = await srv.exited;
+  assert.strictEqual(code, 0);
+});
