@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/kvpool.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -21,6 +22,10 @@ typedef struct seq {
     int n_computed;          /* tokens whose K/V are in the cache */
     int32_t *blocks;         /* (max_blocks) */
     int n_blocks;
+    uint64_t *bhash;         /* (max_blocks) prefix-chain hash of each full block */
+    int n_registered;        /* full blocks registered in the prefix cache */
+    bool cacheable;
+    uint64_t cache_key;
     seq_state state;
     bool aborted;
     lp_rng rng;
@@ -33,8 +38,7 @@ struct lp_engine {
     lp_engine_params p;
     int vocab;
     int max_blocks;          /* per sequence */
-    int32_t *free_blocks;    /* stack */
-    int n_free;
+    lp_kvpool *kv;           /* block allocator + prefix cache */
     seq *waiting, *running;  /* FIFO lists (arrival order) */
     int n_waiting, n_running;
     uint64_t next_id;
@@ -47,7 +51,7 @@ struct lp_engine {
 
 lp_engine_params lp_engine_default_params(void) {
     lp_engine_params p = {.max_num_seqs = 32, .max_model_len = 0, .max_num_batched_tokens = 512,
-                          .block_size = 16, .n_kv_blocks = 0, .n_threads = 0};
+                          .block_size = 16, .n_kv_blocks = 0, .n_threads = 0, .prefix_caching = true};
     return p;
 }
 
@@ -101,18 +105,15 @@ int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine
         return lp_error_set(err, LP_ERR_INVALID, "engine: max_num_seqs and max_num_batched_tokens must be positive");
     }
     e->max_blocks = (e->p.max_model_len + bp->block_size - 1) / bp->block_size;
-    e->free_blocks = lp__malloc_array((size_t)bp->n_kv_blocks, sizeof(int32_t));
+    e->kv = lp_kvpool_new(bp->n_kv_blocks, bp->block_size);
     e->logits = lp__malloc_array((size_t)e->p.max_num_seqs * (size_t)e->vocab, sizeof(float));
     e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
     e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
     e->sampler = lp_sampler_new(e->vocab);
-    if (!e->free_blocks || !e->logits || !e->rows || !e->row_seq || !e->sampler) {
+    if (!e->kv || !e->logits || !e->rows || !e->row_seq || !e->sampler) {
         lp_engine_free(e);
         return lp_error_set(err, LP_ERR_NOMEM, "engine: out of memory");
     }
-    for (int i = 0; i < bp->n_kv_blocks; i++)
-        e->free_blocks[i] = bp->n_kv_blocks - 1 - i;
-    e->n_free = bp->n_kv_blocks;
     e->next_id = 1;
     *out = e;
     return LP_OK;
@@ -125,14 +126,55 @@ static void seq_free(seq *s) {
     free(s->bias);
     free(s->tokens);
     free(s->blocks);
+    free(s->bhash);
     free(s);
 }
 
 static void release_blocks(lp_engine *e, seq *s) {
     for (int i = 0; i < s->n_blocks; i++)
-        e->free_blocks[e->n_free++] = s->blocks[i];
+        lp_kvpool_release(e->kv, s->blocks[i]);
     s->n_blocks = 0;
     s->n_computed = 0;
+    s->n_registered = 0;
+}
+
+/* A newly admitted sequence takes the cached blocks of its longest cached
+ * prompt prefix (always leaving its last token to compute). */
+static void match_prefix(lp_engine *e, seq *s) {
+    if (!e->p.prefix_caching || !s->cacheable || s->n_blocks)
+        return;
+    int bs = e->p.block_size, full = (s->n_tokens - 1) / bs, hits = 0;
+    uint64_t parent = 0;
+    for (int i = 0; i < full; i++) {
+        const int32_t *t = s->tokens + (size_t)i * (size_t)bs;
+        uint64_t h = lp_kvpool_chain(e->kv, parent, s->cache_key, t);
+        int32_t b = lp_kvpool_match(e->kv, h, parent, s->cache_key, t);
+        if (b < 0)
+            break;
+        s->blocks[s->n_blocks++] = b;
+        s->bhash[i] = h;
+        parent = h;
+        hits++;
+    }
+    s->n_computed = s->n_registered = hits;
+    s->n_computed *= bs;
+    lp_kvpool_count_query(e->kv, (uint64_t)full, (uint64_t)hits);
+}
+
+/* Register the blocks that the last step filled. */
+static void register_blocks(lp_engine *e, seq *s) {
+    if (!e->p.prefix_caching || !s->cacheable)
+        return;
+    int bs = e->p.block_size;
+    while ((s->n_registered + 1) * bs <= s->n_computed && s->n_registered < s->n_blocks) {
+        int i = s->n_registered;
+        const int32_t *t = s->tokens + (size_t)i * (size_t)bs;
+        uint64_t parent = i ? s->bhash[i - 1] : 0;
+        uint64_t h = lp_kvpool_chain(e->kv, parent, s->cache_key, t);
+        lp_kvpool_register(e->kv, s->blocks[i], h, parent, s->cache_key, t);
+        s->bhash[i] = h;
+        s->n_registered++;
+    }
 }
 
 void lp_engine_free(lp_engine *e) {
@@ -148,7 +190,7 @@ void lp_engine_free(lp_engine *e) {
         seq_free(l);
         l = n;
     }
-    free(e->free_blocks);
+    lp_kvpool_free(e->kv);
     free(e->logits);
     free(e->rows);
     free(e->row_seq);
@@ -183,11 +225,12 @@ int lp_engine_submit(lp_engine *e, const lp_request *req, uint64_t *id_out, lp_e
     s->req = *req;
     s->tokens = lp__malloc_array((size_t)req->n_prompt + (size_t)req->max_tokens, sizeof(int32_t));
     s->blocks = lp__malloc_array((size_t)e->max_blocks, sizeof(int32_t));
+    s->bhash = lp__malloc_array((size_t)e->max_blocks, sizeof(uint64_t));
     if (req->n_stop_ids)
         s->stop_ids = lp__malloc_array((size_t)req->n_stop_ids, sizeof(int32_t));
     if (req->sampling.n_logit_bias)
         s->bias = lp__malloc_array((size_t)req->sampling.n_logit_bias, sizeof(lp_logit_bias));
-    if (!s->tokens || !s->blocks || (req->n_stop_ids && !s->stop_ids) ||
+    if (!s->tokens || !s->blocks || !s->bhash || (req->n_stop_ids && !s->stop_ids) ||
         (req->sampling.n_logit_bias && !s->bias)) {
         seq_free(s);
         return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
@@ -201,6 +244,8 @@ int lp_engine_submit(lp_engine *e, const lp_request *req, uint64_t *id_out, lp_e
     s->req.stop_ids = s->stop_ids;
     s->req.sampling.logit_bias = s->bias;
     s->n_prompt = s->n_tokens = req->n_prompt;
+    s->cacheable = req->adapter < 0 || req->cache_key != 0;
+    s->cache_key = req->adapter < 0 ? 0 : req->cache_key;
     s->id = e->next_id++;
     uint64_t seed = req->sampling.has_seed ? req->sampling.seed
                                            : (uint64_t)time(NULL) ^ (s->id * 0x9e3779b97f4a7c15ull) ^
@@ -230,7 +275,14 @@ bool lp_engine_abort(lp_engine *e, uint64_t id) {
 int lp_engine_num_running(const lp_engine *e) { return e->n_running; }
 int lp_engine_num_waiting(const lp_engine *e) { return e->n_waiting; }
 double lp_engine_kv_usage(const lp_engine *e) {
-    return e->p.n_kv_blocks ? 1.0 - (double)e->n_free / e->p.n_kv_blocks : 0.0;
+    return e->p.n_kv_blocks ? (double)lp_kvpool_used(e->kv) / e->p.n_kv_blocks : 0.0;
+}
+
+void lp_engine_prefix_stats(const lp_engine *e, uint64_t *queried_blocks, uint64_t *hit_blocks) {
+    lp_kvpool_stats st;
+    lp_kvpool_get_stats(e->kv, &st);
+    *queried_blocks = st.queried_blocks;
+    *hit_blocks = st.hit_blocks;
 }
 
 static void emit_finish(seq *s, lp_finish_reason why, const char *msg) {
@@ -266,9 +318,10 @@ static void finish_seq(lp_engine *e, seq *s) {
 static bool grow_blocks(lp_engine *e, seq *s, int upto) {
     int need = (upto + e->p.block_size - 1) / e->p.block_size;
     while (s->n_blocks < need) {
-        if (!e->n_free)
+        int32_t b = lp_kvpool_alloc(e->kv);
+        if (b < 0)
             return false;
-        s->blocks[s->n_blocks++] = e->free_blocks[--e->n_free];
+        s->blocks[s->n_blocks++] = b;
     }
     return true;
 }
@@ -321,12 +374,13 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         seq *s = e->waiting;
         int first = LP_MIN(s->n_tokens, e->p.max_num_batched_tokens);
         int need = (first + e->p.block_size - 1) / e->p.block_size;
-        if (need > e->n_free && e->n_running > 0)
+        if (need > lp_kvpool_available(e->kv) && e->n_running > 0)
             break; /* wait for blocks to free up */
         e->waiting = s->next;
         e->n_waiting--;
         s->next = NULL;
         s->state = SEQ_RUNNING;
+        match_prefix(e, s);
         seq **pp = &e->running;
         while (*pp)
             pp = &(*pp)->next;
@@ -404,6 +458,7 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
     for (int i = 0; i < n_rows; i++) {
         seq *s = e->row_seq[i];
         s->n_computed += e->rows[i].n_tokens;
+        register_blocks(e, s);
         if (e->rows[i].logits != LP_LOGITS_LAST)
             continue;
         float *lg = e->logits + (size_t)(li++) * (size_t)e->vocab;

@@ -19,6 +19,7 @@ typedef struct lp_engine_params {
     int block_size;             /* tokens per KV block */
     int n_kv_blocks;            /* KV blocks in the pool */
     int n_threads;              /* CPU threads (0 = all) */
+    bool prefix_caching;        /* reuse KV blocks of identical prompt prefixes (default on) */
 } lp_engine_params;
 
 lp_engine_params lp_engine_default_params(void);
@@ -59,6 +60,11 @@ typedef struct lp_request {
     int logprobs;                 /* -1: none; k in [0, LP_MAX_TOP_LOGPROBS]: chosen + k top */
     int adapter;                  /* backend adapter slot, -1 = base */
     float adapter_scale;
+    uint64_t cache_key;           /* identity of the adapter weights and scale for prefix
+                                     caching: KV is shared only between requests with the
+                                     same key. 0 with an adapter: not cached (a slot number
+                                     alone does not identify weights); the base model is
+                                     always cacheable. */
     lp_token_cb cb;               /* called from lp_engine_step */
     void *ud;
 } lp_request;
@@ -86,5 +92,7 @@ int lp_engine_num_running(const lp_engine *e);
 int lp_engine_num_waiting(const lp_engine *e);
 /* Fraction of KV blocks in use, in [0, 1]. */
 double lp_engine_kv_usage(const lp_engine *e);
+/* Prefix cache: prompt blocks looked up and found, since start. */
+void lp_engine_prefix_stats(const lp_engine *e, uint64_t *queried_blocks, uint64_t *hit_blocks);
 
 #endif

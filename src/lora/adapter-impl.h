@@ -20,6 +20,7 @@ typedef struct lp__lora_mod {
 
 struct lp_adapter {
     char *dir;
+    const lp_model *model;  /* the base it was checked against, NULL for inspect */
     lp_adapter_info info;
     int n_layers;
     lp__lora_mod *mods;    /* (n_layers, LP_MOD_COUNT) */

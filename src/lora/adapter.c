@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "format/safetensors.h"
 #include "format/torch_pickle.h"
@@ -49,7 +50,10 @@ float lp__load_f32(const void *p, lp_dtype t, int64_t i) {
 typedef struct pattern_kv {
     char *pattern;
     double value;
+    pcre2_code *re; /* (^|.*\.)(pattern)$, compiled once */
 } pattern_kv;
+
+#define MAX_PATTERNS 4096
 
 typedef struct acfg {
     int r;
@@ -80,10 +84,14 @@ static void acfg_free(acfg *c) {
     pcre2_code_free(c->target_re);
     pcre2_code_free(c->exclude_re);
     free(c->layers);
-    for (int i = 0; i < c->n_rank_pat; i++)
+    for (int i = 0; i < c->n_rank_pat; i++) {
         free(c->rank_pat[i].pattern);
-    for (int i = 0; i < c->n_alpha_pat; i++)
+        pcre2_code_free(c->rank_pat[i].re);
+    }
+    for (int i = 0; i < c->n_alpha_pat; i++) {
         free(c->alpha_pat[i].pattern);
+        pcre2_code_free(c->alpha_pat[i].re);
+    }
     free(c->rank_pat);
     free(c->alpha_pat);
 }
@@ -155,6 +163,9 @@ static int read_patterns(json_t *v, const char *field, bool integer, pattern_kv 
     if (!json_is_object(v))
         return lp_error_set(err, LP_ERR_FORMAT, "adapter_config.json: %s must be an object", field);
     size_t cnt = json_object_size(v);
+    if (cnt > MAX_PATTERNS)
+        return lp_error_set(err, LP_ERR_LIMIT, "adapter_config.json: %s has %zu keys (at most %d)", field, cnt,
+                            MAX_PATTERNS);
     *out = calloc(cnt ? cnt : 1, sizeof(pattern_kv));
     if (!*out)
         return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
@@ -170,7 +181,19 @@ static int read_patterns(json_t *v, const char *field, bool integer, pattern_kv 
                                 k, x);
         if (!((*out)[*n].pattern = lp__strdup(k)))
             return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
-        (*out)[(*n)++].value = x;
+        (*out)[*n].value = x;
+        size_t len = strlen(k) + 16;
+        char *full = malloc(len);
+        if (!full)
+            return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+        snprintf(full, len, "(^|.*\\.)(%s)$", k);
+        char what[160];
+        snprintf(what, sizeof what, "%s key '%.100s'", field, k);
+        (*out)[*n].re = compile_re(full, what, err);
+        free(full);
+        (*n)++;
+        if (!(*out)[*n - 1].re)
+            return LP_ERR_FORMAT;
     }
     return LP_OK;
 }
@@ -239,7 +262,7 @@ static int acfg_parse(const char *text, acfg *c, lp_error *err) {
         rc = lp_error_set(err, LP_ERR_FORMAT, "adapter_config.json: target_modules is missing");
         goto out;
     }
-    if (json_is_string(v) && !strcmp(json_string_value(v), "all-linear"))
+    if (json_is_string(v) && !strcasecmp(json_string_value(v), "all-linear"))
         c->all_linear = true;
     else if ((rc = read_str_list(v, "target_modules", &c->targets, &c->n_targets, &c->target_re, err)))
         goto out;
@@ -299,19 +322,9 @@ out:
 
 /* PEFT's get_pattern_key: the first pattern p with re.match(r"(^|.*\.)" p "$", key). */
 static const pattern_kv *pattern_lookup(const pattern_kv *pats, int n, const char *key) {
-    for (int i = 0; i < n; i++) {
-        size_t len = strlen(pats[i].pattern) + 16;
-        char *full = malloc(len);
-        if (!full)
-            return NULL;
-        snprintf(full, len, "(^|.*\\.)(%s)$", pats[i].pattern);
-        pcre2_code *re = compile_re(full, "pattern", NULL);
-        free(full);
-        bool hit = re && re_match(re, key, false);
-        pcre2_code_free(re);
-        if (hit)
+    for (int i = 0; i < n; i++)
+        if (re_match(pats[i].re, key, false))
             return &pats[i];
-    }
     return NULL;
 }
 
@@ -329,6 +342,9 @@ static bool is_target(const acfg *c, const char *key, int layer) {
             return false;
     if (c->target_re)
         return re_match(c->target_re, key, true);
+    for (int i = 0; i < c->n_targets; i++) /* PEFT: `key in target_modules` skips the layer filter */
+        if (!strcmp(key, c->targets[i]))
+            return true;
     bool found = c->all_linear;
     for (int i = 0; i < c->n_targets && !found; i++)
         found = ends_with_dot(key, c->targets[i]);
@@ -425,8 +441,12 @@ static int load_tensors(lp_adapter *a, const acfg *c, const lp_model *model, con
         for (int i = 0; i < tensor_count(a); i++) {
             int l, m;
             tensor_part part;
-            if (parse_name(tensor_at(a, i)->name, &l, &m, &part) && l + 1 > n_layers)
+            if (parse_name(tensor_at(a, i)->name, &l, &m, &part) && l + 1 > n_layers) {
+                if (l >= 1024) /* the same cap config.c puts on num_hidden_layers */
+                    return lp_error_set(err, LP_ERR_RANGE, "tensor '%s': layer index %d is out of range (< 1024)",
+                                        tensor_at(a, i)->name, l);
                 n_layers = l + 1;
+            }
         }
     a->n_layers = n_layers;
     a->mods = lp__calloc_array((size_t)(n_layers ? n_layers : 1) * LP_MOD_COUNT, sizeof(lp__lora_mod));
@@ -474,8 +494,8 @@ static int load_tensors(lp_adapter *a, const acfg *c, const lp_model *model, con
             if (!A && !B && !M)
                 continue;
             if (!A || !B) {
-                rc = lp_error_set(err, LP_ERR_FORMAT, "%s: lora_%s.weight is missing (lora_%s.weight is present)", key,
-                                  A ? "B" : "A", A ? "A" : "B");
+                rc = lp_error_set(err, LP_ERR_FORMAT, "%s: %s%s%s", key, A ? "" : "lora_A.weight is missing",
+                                  !A && !B ? " and " : "", B ? "" : "lora_B.weight is missing");
                 goto out;
             }
             if (!is_target(c, key, l)) {
@@ -623,6 +643,7 @@ int lp_adapter_load(const char *dir, const lp_model *model, const lp_adapter_par
     }
     if ((rc = load_tensors(a, &c, model, &P, err)))
         goto fail_named;
+    a->model = model;
     acfg_free(&c);
     free(text);
     free(cfg_path);

@@ -31,8 +31,11 @@ typedef struct entry {
     double last_use, load_ms;
     uint64_t requests;
     char error[LP_ERROR_MSG_MAX];
+    uint64_t uid;          /* unique per registration: prefix-cache identity */
     struct entry *next;
 } entry;
+
+static uint64_t g_next_uid = 1;
 
 struct lp_store {
     const lp_model *model;
@@ -288,6 +291,7 @@ static entry *new_entry(lp_store *s, const char *name, const char *real, uint64_
     snprintf(e->path, sizeof e->path, "%s", real);
     e->sig = sig;
     e->from_scan = from_scan;
+    e->uid = __atomic_fetch_add(&g_next_uid, 1, __ATOMIC_RELAXED);
     e->slot = -1;
     e->next = s->list;
     s->list = e;
@@ -593,6 +597,8 @@ out:
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
+
+uint64_t lp_store_handle_uid(const void *handle) { return ((const entry *)handle)->uid; }
 
 void lp_store_release(lp_store *s, void *handle) {
     if (!handle)

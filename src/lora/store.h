@@ -82,6 +82,9 @@ bool lp_store_has(lp_store *s, const char *name);
  * errors: the adapter failed to load (message in err). */
 int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp_error *err);
 void lp_store_release(lp_store *s, void *handle);
+/* A number unique to the adapter weights behind a handle (changes when the
+ * adapter is replaced): the prefix-cache key. Never 0. */
+uint64_t lp_store_handle_uid(const void *handle);
 
 /* Snapshot of every registered adapter; *out is heap (caller frees). */
 int lp_store_list(lp_store *s, lp_adapter_status **out, int *n);

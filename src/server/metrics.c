@@ -76,6 +76,19 @@ char *lp__metrics_render(lp_server *s) {
             "# TYPE vllm:lora_requests_info gauge\n");
     put(&b, "vllm:lora_requests_info{max_lora=\"%d\",running_lora_adapters=\"%s\",waiting_lora_adapters=\"%s\"} %.3f\n",
         lp_store_max_loras(s->store), rn, wn, (double)time(NULL));
+    uint64_t pq = 0, ph = 0;
+    pthread_mutex_lock(&s->mu);
+    pq = s->prefix_queried;
+    ph = s->prefix_hits;
+    pthread_mutex_unlock(&s->mu);
+    put(&b, "# HELP vllm:prefix_cache_queries Prompt tokens looked up in the prefix cache.\n"
+            "# TYPE vllm:prefix_cache_queries counter\n");
+    put(&b, "vllm:prefix_cache_queries{model_name=\"%s\"} %llu\n", m,
+        (unsigned long long)(pq * (uint64_t)s->be->params.block_size));
+    put(&b, "# HELP vllm:prefix_cache_hits Prompt tokens found in the prefix cache.\n"
+            "# TYPE vllm:prefix_cache_hits counter\n");
+    put(&b, "vllm:prefix_cache_hits{model_name=\"%s\"} %llu\n", m,
+        (unsigned long long)(ph * (uint64_t)s->be->params.block_size));
     lp_store_stats st;
     lp_store_get_stats(s->store, &st);
     static const char *tiers[3] = {"store", "host", "device"};

@@ -92,6 +92,7 @@ struct lp_server {
     int n_active;                   /* jobs accepted and not finished (guarded by mu) */
     int n_running, n_waiting;       /* mirrors for /metrics */
     double kv_usage;
+    uint64_t prefix_queried, prefix_hits; /* blocks, mirrored from the engine */
     bool stopping;                  /* drain: refuse new work */
     bool worker_exit;
     /* adapters in use by accepted requests (for the host-tier 429), guarded by mu */

@@ -125,7 +125,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             long long n = strtoll(cl, &end, 10);
             if (end == cl || *end || n < 0)
                 return lp__send_error(c, 400, "BadRequestError", NULL, "bad Content-Length");
-            if ((uint64_t)n > s->p.max_body_bytes)
+            /* far too large: refuse at once (the connection closes); a little too
+             * large: read and discard it, so the client sees the 413 */
+            if ((uint64_t)n / 16 > s->p.max_body_bytes)
                 return lp__send_error(c, 413, "RequestTooLargeError", NULL, "request body over %llu bytes",
                                       (unsigned long long)s->p.max_body_bytes);
         }

@@ -285,6 +285,11 @@ static void *worker_main(void *arg) {
             j->req.prompt = j->prompt;
             j->req.n_prompt = j->n_prompt;
             j->req.adapter = slot;
+            if (j->store_handle) { /* KV is shared only under the same weights and scale */
+                uint32_t sb;
+                memcpy(&sb, &j->req.adapter_scale, 4);
+                j->req.cache_key = (lp_store_handle_uid(j->store_handle) << 32) ^ sb ^ 0x5bd1e995u;
+            }
             j->req.cb = on_event;
             j->req.ud = j;
             j->req.sampling.logit_bias = j->bias;
@@ -331,6 +336,7 @@ static void *worker_main(void *arg) {
             nw++;
         s->n_waiting = nw;
         s->kv_usage = lp_engine_kv_usage(s->engine);
+        lp_engine_prefix_stats(s->engine, &s->prefix_queried, &s->prefix_hits);
         names_of(s->run, s->n_run, NULL, s->running_names, sizeof s->running_names);
         names_of(NULL, 0, s->waiting, s->waiting_names, sizeof s->waiting_names);
         if (!s->n_run && !s->inbox && !s->worker_exit) {

@@ -376,7 +376,7 @@ static int cpu_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_
     if (slot < 0 || slot >= base->params.max_adapters)
         return lp_error_set(err, LP_ERR_RANGE, "adapter slot %d is out of range [0, %d)", slot,
                             base->params.max_adapters);
-    if (a->n_layers != b->cfg->n_layers)
+    if (a->model != base->model)
         return lp_error_set(err, LP_ERR_INVALID, "%s: adapter was not loaded against this model", a->dir);
     if (a->info.max_rank > base->params.max_lora_rank)
         return lp_error_set(err, LP_ERR_LIMIT, "%s: rank %d exceeds the maximum LoRA rank %d", a->dir,

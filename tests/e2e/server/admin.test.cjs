@@ -121,12 +121,12 @@ test('client disconnect aborts generation and frees its KV blocks', async () => 
       const p = fetch(srv.url + '/v1/completions', { method: 'POST', signal: ctl.signal, headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify({ model: 'math', prompt: 'The', max_tokens: 1000, ignore_eos: true, stream }) }).catch(() => null);
       let running = 0;
-      for (let i = 0; i < 50 && running < 1; i++) { await sleep(20); running = await metric(srv.url, 'vllm:num_requests_running'); }
+      for (let i = 0; i < 500 && running < 1; i++) { await sleep(20); running = await metric(srv.url, 'vllm:num_requests_running'); }
       assert.strictEqual(running, 1);
       ctl.abort();
       await p;
       let after = 1;
-      for (let i = 0; i < 50 && after > 0; i++) { await sleep(50); after = await metric(srv.url, 'vllm:num_requests_running'); }
+      for (let i = 0; i < 200 && after > 0; i++) { await sleep(50); after = await metric(srv.url, 'vllm:num_requests_running'); }
       assert.strictEqual(after, 0, 'aborted (' + (stream ? 'stream' : 'plain') + ')');
       assert.strictEqual(await metric(srv.url, 'vllm:kv_cache_usage_perc'), 0);
     }
@@ -152,7 +152,8 @@ test('SIGTERM drains in-flight requests, refuses new ones, exits 0', async () =>
   const srv = await start(['--lora-dir', loraDir(['math'])]);
   const inflight = post(srv.url + '/v1/completions', { model: 'math', prompt: 'The', max_tokens: 200, ignore_eos: true });
   let running = 0;
-  for (let i = 0; i < 100 && running < 1; i++) { await sleep(10); running = await metric(srv.url, 'vllm:num_requests_running'); }
+  for (let i = 0; i < 1000 && running < 1; i++) { await sleep(10); running = await metric(srv.url, 'vllm:num_requests_running'); }
+  assert.strictEqual(running, 1, 'the in-flight request is running before SIGTERM');
   srv.proc.kill('SIGTERM');
   await sleep(50);
   const late = await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 1 }).catch(() => ({ status: 'refused' }));

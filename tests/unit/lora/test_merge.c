@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s MODELS_DIR TEST_DATA_DIR\n", argv[0]);
         return 2;
     }
-    char base[1024], adir[1024];
+    char base[1400], adir[1400];
     /* tinylm + math on 20 of its eval prompts */
     snprintf(base, sizeof base, "%s/tinylm", argv[1]);
     snprintf(adir, sizeof adir, "%s/tinylm-adapters/math", argv[1]);

@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
     while (d && (de = readdir(d)) && n_ads < 8) {
         if (de->d_name[0] == '.')
             continue;
-        char adir[1200];
+        char adir[1400];
         snprintf(adir, sizeof adir, "%s/%s", path, de->d_name);
         if (lp_adapter_load(adir, m, NULL, &ads[n_ads], &err) == LP_OK)
             n_ads++;

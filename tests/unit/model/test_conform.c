@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     while (d && (de = readdir(d)) && n_tags < MAX_TAGS) {
         if (de->d_name[0] == '.')
             continue;
-        char adir[1200];
+        char adir[1400];
         snprintf(adir, sizeof adir, "%s/%s", path, de->d_name);
         if (lp_adapter_load(adir, m, NULL, &adapters[n_tags], &err)) {
             fprintf(stderr, "adapter %s: %s\n", de->d_name, err.msg);
