@@ -11,6 +11,7 @@ static const struct {
 } k_cmds[] = {
     {"serve", lp_cmd_serve, "OpenAI-compatible server for a base model and its adapters"},
     {"generate", lp_cmd_generate, "generate text from a prompt on the command line"},
+    {"bench", lp_cmd_bench, "load-test an OpenAI-compatible server (TTFT, ITL, throughput)"},
     {"merge", lp_cmd_merge, "merge an adapter into the base weights, write a new model directory"},
     {"inspect", lp_cmd_inspect, "describe and validate an adapter, model or safetensors file"},
     {"synth", lp_cmd_synth, "write a random-weight model directory (benchmarks, tests)"},
