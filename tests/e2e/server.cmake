@@ -3,7 +3,7 @@
 set(LP_E2E_NODE ${CMAKE_BINARY_DIR}/e2e-node)
 add_test(NAME e2e_npm_setup COMMAND ${CMAKE_CURRENT_LIST_DIR}/server/setup.sh ${LP_E2E_NODE})
 set_tests_properties(e2e_npm_setup PROPERTIES FIXTURES_SETUP e2e_npm LABELS e2e)
-foreach(t api admin eval)
+foreach(t api admin eval bench)
   add_test(NAME e2e_server_${t} COMMAND node --test ${CMAKE_CURRENT_LIST_DIR}/server/${t}.test.cjs)
   set_tests_properties(e2e_server_${t} PROPERTIES FIXTURES_REQUIRED e2e_npm LABELS e2e TIMEOUT 600
     ENVIRONMENT "NODE_PATH=${LP_E2E_NODE}/node_modules;LORAPLEX_BIN=$<TARGET_FILE:loraplex>;LORAPLEX_REPO=${CMAKE_SOURCE_DIR}")
