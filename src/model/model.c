@@ -1,5 +1,6 @@
 /* model.c - load a Hugging Face model directory: config, mmapped weights
  * checked against the config, tokenizer. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +170,33 @@ int lp_model_load(const char *dir, lp_model **out, void (*progress)(double, void
         goto fail;
     }
     if (lp__file_exists(tokpath)) {
-        if ((rc = lp_tokenizer_load(tokpath, &m->tok, err)))
+        /* tokenizer_config.json's add_bos_token / add_eos_token override the
+         * post-processor, as transformers does */
+        lp_tokenizer_params tp = lp_tokenizer_default_params();
+        char *cfgpath = lp__path_join(dir, "tokenizer_config.json"), *text = NULL;
+        json_t *tc = NULL;
+        if (cfgpath && lp__file_exists(cfgpath) && lp__read_file(cfgpath, 64u << 20, &text, NULL, NULL) == LP_OK)
+            tc = json_loads(text, 0, NULL);
+        free(text);
+        free(cfgpath);
+        static const char *names[2] = {"bos_token", "eos_token"};
+        const char *tok_str[2] = {NULL, NULL};
+        for (int k = 0; k < 2 && tc; k++) {
+            json_t *v = json_object_get(tc, names[k]);
+            tok_str[k] = json_is_string(v) ? json_string_value(v) : json_string_value(json_object_get(v, "content"));
+        }
+        json_t *ab = json_object_get(tc, "add_bos_token"), *ae = json_object_get(tc, "add_eos_token");
+        if (json_is_boolean(ab) && (!json_is_true(ab) || tok_str[0])) {
+            tp.add_bos = json_is_true(ab);
+            tp.bos_token = tok_str[0];
+        }
+        if (json_is_boolean(ae) && (!json_is_true(ae) || tok_str[1])) {
+            tp.add_eos = json_is_true(ae);
+            tp.eos_token = tok_str[1];
+        }
+        rc = lp_tokenizer_load_ex(tokpath, &tp, &m->tok, err);
+        json_decref(tc);
+        if (rc)
             goto fail;
         if (lp_tokenizer_vocab_size(m->tok) > c->vocab) {
             rc = lp_error_set(err, LP_ERR_RANGE,

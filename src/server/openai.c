@@ -691,6 +691,13 @@ static const char *parse_prompts(lp_server *s, json_t *pr, int32_t **ids, int *l
                 snprintf(msg, msgsz, "prompt: must not be empty");
                 return "prompt";
             }
+            /* no token spans more than a few dozen bytes: a longer text cannot
+             * fit the context, and is refused before spending time on it */
+            if (json_string_length(it) > (size_t)s->p.max_model_len * 64) {
+                snprintf(msg, msgsz, "prompt: %zu bytes cannot fit the maximum context length of %d tokens",
+                         json_string_length(it), s->p.max_model_len);
+                return "prompt";
+            }
             if (lp_tokenizer_encode(s->tok, json_string_value(it), json_string_length(it), true, &ids[i], &len,
                                     &err)) {
                 snprintf(msg, msgsz, "prompt: %.400s", err.msg);
@@ -856,6 +863,13 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
             goto fail;
         size_t nid = 0;
         lp_error err = {0};
+        if (pl > (size_t)s->p.max_model_len * 64) {
+            free(prompt);
+            bad = "messages";
+            snprintf(msg, sizeof msg, "messages: the rendered prompt (%zu bytes) cannot fit the maximum context "
+                     "length of %d tokens", pl, s->p.max_model_len);
+            goto fail;
+        }
         /* the template already placed any BOS: no special tokens added */
         if (lp_tokenizer_encode(s->tok, prompt, pl, false, &ids[0], &nid, &err)) {
             free(prompt);
