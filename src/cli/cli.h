@@ -12,6 +12,7 @@ int lp_cmd_merge(int argc, char **argv);
 int lp_cmd_inspect(int argc, char **argv);
 int lp_cmd_serve(int argc, char **argv);
 int lp_cmd_bench(int argc, char **argv);
+int lp_cmd_template(int argc, char **argv);
 
 /* Parse the value of flag `flag` into *out; print an error naming the flag and
  * return false on anything but a complete number within [lo, hi]. */

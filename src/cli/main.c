@@ -14,6 +14,7 @@ static const struct {
     {"bench", lp_cmd_bench, "load-test an OpenAI-compatible server (TTFT, ITL, throughput)"},
     {"merge", lp_cmd_merge, "merge an adapter into the base weights, write a new model directory"},
     {"inspect", lp_cmd_inspect, "describe and validate an adapter, model or safetensors file"},
+    {"template", lp_cmd_template, "render a model's chat template for a JSON request on stdin"},
     {"synth", lp_cmd_synth, "write a random-weight model directory (benchmarks, tests)"},
 };
 
