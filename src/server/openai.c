@@ -811,31 +811,37 @@ static const char *render_chat(lp_server *s, json_t *r, char **out, size_t *out_
     return NULL;
 }
 
-enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, bool chat, const char *body,
-                                    size_t len) {
+/* Parse and validate a request, render and tokenize its prompts, and build
+ * one (unqueued) job per choice. NULL on a bad request, with the HTTP status,
+ * the parameter at fault (or NULL) and the message. */
+static gen *build_gen(lp_server *s, bool chat, const char *body, size_t len, unsigned *status_out,
+                      const char **bad_out, char *msg, size_t msgsz) {
     json_error_t je;
     parsed p;
     memset(&p, 0, sizeof p);
-    char msg[LP_ERROR_MSG_MAX] = "";
-    const char *bad;
+    const char *bad = NULL;
     unsigned status = 400;
+    msg[0] = '\0';
     p.root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!p.root || !json_is_object(p.root)) {
         json_decref(p.root);
-        return lp__send_error(conn, 400, "BadRequestError", NULL, "request body must be a JSON object%s%s",
-                              p.root ? "" : ": ", p.root ? "" : je.text);
+        *status_out = 400;
+        *bad_out = NULL;
+        snprintf(msg, msgsz, "request body must be a JSON object%s%s", p.root ? "" : ": ", p.root ? "" : je.text);
+        return NULL;
     }
     gen *g = calloc(1, sizeof *g);
     int32_t *ids[MAX_CHOICES] = {0};
     int lens[MAX_CHOICES] = {0}, n_prompts = 0;
     char *texts[MAX_CHOICES] = {0};
-    enum MHD_Result res;
     if (!g) {
         json_decref(p.root);
-        return lp__send_error(conn, 500, "InternalServerError", NULL, "out of memory");
+        *status_out = 500;
+        *bad_out = NULL;
+        snprintf(msg, msgsz, "out of memory");
+        return NULL;
     }
     g->s = s;
-    g->conn = conn;
     g->chat = chat;
     g->created = (long)time(NULL);
     snprintf(g->id, sizeof g->id, "%s-%08lx%08lx", chat ? "chatcmpl" : "cmpl", (unsigned long)lrand48(),
@@ -843,7 +849,7 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
     json_t *model = json_object_get(p.root, "model");
     if (!json_is_string(model)) {
         bad = "model";
-        snprintf(msg, sizeof msg, "model: must be a string naming the base model or an adapter");
+        snprintf(msg, msgsz, "model: must be a string naming the base model or an adapter");
         goto fail;
     }
     snprintf(g->model, sizeof g->model, "%s", json_string_value(model));
@@ -851,22 +857,22 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
     if (!base && !lp_store_has(s->store, g->model)) {
         bad = "model";
         status = 404;
-        snprintf(msg, sizeof msg, "The model `%s` does not exist.", g->model);
+        snprintf(msg, msgsz, "The model `%s` does not exist.", g->model);
         goto fail;
     }
-    if ((bad = parse_common(s, &p, chat, msg, sizeof msg)) || (bad = parse_stops(g, p.root, msg, sizeof msg)))
+    if ((bad = parse_common(s, &p, chat, msg, msgsz)) || (bad = parse_stops(g, p.root, msg, msgsz)))
         goto fail;
     if (chat) {
         char *prompt = NULL;
         size_t pl = 0;
-        if ((bad = render_chat(s, p.root, &prompt, &pl, msg, sizeof msg, &status)))
+        if ((bad = render_chat(s, p.root, &prompt, &pl, msg, msgsz, &status)))
             goto fail;
         size_t nid = 0;
         lp_error err = {0};
         if (pl > (size_t)s->p.max_model_len * 64) {
             free(prompt);
             bad = "messages";
-            snprintf(msg, sizeof msg, "messages: the rendered prompt (%zu bytes) cannot fit the maximum context "
+            snprintf(msg, msgsz, "messages: the rendered prompt (%zu bytes) cannot fit the maximum context "
                      "length of %d tokens", pl, s->p.max_model_len);
             goto fail;
         }
@@ -874,19 +880,19 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
         if (lp_tokenizer_encode(s->tok, prompt, pl, false, &ids[0], &nid, &err)) {
             free(prompt);
             bad = "messages";
-            snprintf(msg, sizeof msg, "messages: %.400s", err.msg);
+            snprintf(msg, msgsz, "messages: %.400s", err.msg);
             goto fail;
         }
         free(prompt);
         lens[0] = (int)nid;
         n_prompts = 1;
     } else if ((bad = parse_prompts(s, json_object_get(p.root, "prompt"), ids, lens, texts, &n_prompts, msg,
-                                    sizeof msg))) {
+                                    msgsz))) {
         goto fail;
     }
     if (n_prompts * p.n > MAX_CHOICES) {
         bad = "n";
-        snprintf(msg, sizeof msg, "n: prompts x n must be at most %d", MAX_CHOICES);
+        snprintf(msg, msgsz, "n: prompts x n must be at most %d", MAX_CHOICES);
         goto fail;
     }
     g->stream = p.stream;
@@ -898,7 +904,7 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
         int mt = p.max_tokens_given ? p.max_tokens : chat ? max_len - lens[i] : 16;
         if (lens[i] >= max_len || (int64_t)lens[i] + mt > max_len) {
             bad = p.max_tokens_given ? "max_tokens" : "prompt";
-            snprintf(msg, sizeof msg,
+            snprintf(msg, msgsz,
                      "This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the "
                      "prompt, %d for the completion). Please reduce the length of the prompt or max_tokens.",
                      max_len, lens[i] + mt, lens[i], mt);
@@ -914,7 +920,7 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
             if (!j || !c->detok) {
                 status = 500;
                 bad = "";
-                snprintf(msg, sizeof msg, "out of memory");
+                snprintf(msg, msgsz, "out of memory");
                 goto fail;
             }
             j->n_prompt = lens[i];
@@ -945,10 +951,58 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
         g->echo_text[i] = texts[i];
         texts[i] = NULL;
     }
+    for (int i = 0; i < MAX_CHOICES; i++) {
+        free(ids[i]);
+        free(texts[i]);
+    }
+    json_decref(p.root);
+    return g;
+fail:
+    gen_free(g);
+    for (int i = 0; i < MAX_CHOICES; i++) {
+        free(ids[i]);
+        free(texts[i]);
+    }
+    json_decref(p.root);
+    *status_out = status;
+    *bad_out = bad && bad[0] ? bad : NULL;
+    return NULL;
+}
+
+int lp__request_check(lp_server *s, bool chat, const char *body, size_t len, unsigned *status, char *msg,
+                      size_t msgsz) {
+    const char *bad = NULL;
+    gen *g = build_gen(s, chat, body, len, status, &bad, msg, msgsz);
+    if (!g)
+        return -1;
+    gen_free(g);
+    *status = 200;
+    return 0;
+}
+
+enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, bool chat, const char *body,
+                                    size_t len) {
+    char msg[LP_ERROR_MSG_MAX];
+    const char *bad = NULL;
+    unsigned status = 400;
+    enum MHD_Result res;
+    gen *g = build_gen(s, chat, body, len, &status, &bad, msg, sizeof msg);
+    if (!g) {
+        pthread_mutex_lock(&s->m.mu);
+        s->m.requests_total++;
+        s->m.requests_error++;
+        pthread_mutex_unlock(&s->m.mu);
+        return lp__send_error(conn, status, status == 404 ? "NotFoundError" : status == 500 ? "InternalServerError"
+                                                                                          : "BadRequestError",
+                              bad, "%s", msg);
+    }
+    g->conn = conn;
+    int n_prompts = g->n_ch ? g->ch[g->n_ch - 1].prompt_index + 1 : 0;
     pthread_mutex_lock(&s->m.mu);
     s->m.requests_total++;
-    for (int i = 0; i < n_prompts; i++)
-        s->m.prompt_tokens += (uint64_t)lens[i] * (uint64_t)p.n;
+    for (int i = 0; i < g->n_ch; i++)
+        s->m.prompt_tokens += (uint64_t)g->ch[i].n_prompt;
+    (void)n_prompts;
     pthread_mutex_unlock(&s->m.mu);
     for (int i = 0; i < g->n_ch; i++) {
         lp_error err = {0};
@@ -971,12 +1025,9 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
             res = MHD_queue_response(conn, rc == LP_ERR_LIMIT ? 429 : 503, resp);
             MHD_destroy_response(resp);
             gen_free(g);
-            goto done;
+            return res;
         }
     }
-    for (int i = 0; i < n_prompts; i++)
-        free(ids[i]);
-    json_decref(p.root);
     if (!g->stream)
         return respond_whole(g);
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, g, stream_free);
@@ -988,21 +1039,5 @@ enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *conn, b
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     res = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
-    return res;
-fail:
-    pthread_mutex_lock(&s->m.mu);
-    s->m.requests_total++;
-    s->m.requests_error++;
-    pthread_mutex_unlock(&s->m.mu);
-    res = lp__send_error(conn, status, status == 404 ? "NotFoundError" : status == 500 ? "InternalServerError"
-                                                                                      : "BadRequestError",
-                         bad && bad[0] ? bad : NULL, "%s", msg);
-    gen_free(g);
-done:
-    for (int i = 0; i < MAX_CHOICES; i++) {
-        free(ids[i]);
-        free(texts[i]);
-    }
-    json_decref(p.root);
     return res;
 }

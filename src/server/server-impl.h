@@ -122,6 +122,10 @@ void lp__job_unref(lp_job *j);
 /* openai.c: /v1/completions and /v1/chat/completions */
 enum MHD_Result lp__handle_generate(lp_server *s, struct MHD_Connection *c, bool chat, const char *body,
                                     size_t len);
+/* Validate a generation request body without queueing it (fuzzing, tests):
+ * 0 if it would be accepted, else -1 with the HTTP status and message. */
+int lp__request_check(lp_server *s, bool chat, const char *body, size_t len, unsigned *status, char *msg,
+                      size_t msgsz);
 /* admin.c: everything else */
 enum MHD_Result lp__handle_admin(lp_server *s, struct MHD_Connection *c, const char *method, const char *url,
                                  const char *body, size_t len, bool *handled);
