@@ -149,14 +149,17 @@ void lp__cpu_matmul(float *Y, int64_t ldy, const float *X, int64_t ldx, const vo
 }
 
 float lp__cpu_dot_f32(const float *a, const float *b, int64_t n) {
-    return kernels()->dot_f32(a, b, n);
+    return n > 0 ? kernels()->dot_f32(a, b, n) : 0.0f;
 }
 
 void lp__cpu_axpy_f32(float *y, float a, const float *x, int64_t n) {
-    kernels()->axpy_f32(y, a, x, n);
+    if (n > 0)
+        kernels()->axpy_f32(y, a, x, n);
 }
 
 void lp__cpu_to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
+    if (n <= 0)
+        return;
     if (!weight_dtype_ok(t)) {
         LP_ERROR("lp__cpu_to_f32: unsupported dtype %s", lp_dtype_name(t));
         return;
@@ -168,34 +171,65 @@ void lp__cpu_to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
  * Work split (all sizes in rows):
  *   super-panel: X rows packed at once, at most ~SUPER_BYTES of packed X
  *     (at least one panel), so scratch stays bounded for long prompts;
- *   panel (TB): X rows one task sweeps per W block, ~PANEL_BYTES of packed X
- *     so they stay in L2 while the task's W rows stream past; never below 16,
- *     so a decode batch (T <= 16) reads every W row from memory once per call;
+ *   panel (TB): X rows of one task, ~PANEL_BYTES of packed X, in [16, 64].
+ *     The block kernel sweeps them in groups of 16 over the task's W rows,
+ *     which are read from memory for the first group and from L2 for the
+ *     others; never below 16, so a decode batch (T <= 16) reads every W row
+ *     from memory once per call;
  *   W block (NB): W rows per task, a multiple of 4 (the block kernels' row
  *     tile), sized to give every thread about four tasks.
  * Tasks = panels x W blocks, split statically over the threads. */
 #define GEMM_INLINE_WORK 32768      /* T*N*K below this: no threads */
-#define GEMM_PANEL_BYTES (256 << 10)
+#define GEMM_PANEL_BYTES (1 << 20)
 #define GEMM_SUPER_BYTES (4 << 20)
 #define GEMM_NB_MAX 64
 
-static _Thread_local float *t_scratch;
-static _Thread_local size_t t_scratch_cap; /* floats */
+/* Per-thread scratch for packed X, kept between calls (no allocation in the
+ * decode loop) and freed when the thread exits. */
+typedef struct {
+    float *p;
+    size_t cap; /* floats */
+} scratch;
 
-/* Per-thread scratch of at least n floats, 64-byte aligned; NULL on OOM. */
+static pthread_key_t g_scratch_key;
+static bool g_scratch_key_ok;
+static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *v) {
+    scratch *s = v;
+    free(s->p);
+    free(s);
+}
+
+static void scratch_key_init(void) {
+    g_scratch_key_ok = pthread_key_create(&g_scratch_key, scratch_free) == 0;
+}
+
+/* At least n floats, 64-byte aligned; NULL on OOM. */
 static float *scratch_get(size_t n) {
-    if (n <= t_scratch_cap)
-        return t_scratch;
+    pthread_once(&g_scratch_once, scratch_key_init);
+    if (!g_scratch_key_ok)
+        return NULL;
+    scratch *s = pthread_getspecific(g_scratch_key);
+    if (s && n <= s->cap)
+        return s->p;
     size_t bytes;
     if (!lp__mul_size(n, sizeof(float), &bytes) || !lp__add_size(bytes, 63, &bytes))
         return NULL;
     bytes &= ~(size_t)63;
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(g_scratch_key, s)) {
+            free(s);
+            return NULL;
+        }
+    }
     float *p = aligned_alloc(64, bytes);
     if (!p)
         return NULL;
-    free(t_scratch);
-    t_scratch = p;
-    t_scratch_cap = bytes / sizeof(float);
+    free(s->p);
+    s->p = p;
+    s->cap = bytes / sizeof(float);
     return p;
 }
 

@@ -1,32 +1,24 @@
 /* kernels_avx2.c - AVX2 + FMA + F16C kernels: register tiles of 2 X rows x
  * 4 W rows of 8-lane fp32 accumulators; K tails of W go through a small
- * zero-padded buffer, so every step has the same shape. */
+ * zero-padded buffer, so every step has the same shape. The blocking is that
+ * of kernels_avx512.c (see the comment on block() there). */
 #include <immintrin.h>
 #include <string.h>
 
 #include "backend/cpu/kernels.h"
 #include "util/util.h"
 
-#define TR 2 /* X rows per register tile (16 ymm registers: 8 accumulators) */
-#define NR 4 /* W rows per register tile (N tails repeat the last row) */
+#define TR 2     /* X rows per register tile (16 ymm registers: 8 accumulators) */
+#define NR 4     /* W rows per register tile (N tails repeat the last row) */
+#define KC 256   /* K block of the many-row path */
+#define SUB_T 16 /* X rows whose K block (16 x KC x 4 B = 16 KiB) stays in L1 */
+#define SUB_N 32 /* W rows per saved-accumulator buffer (16 x 32 x 32 B) */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* Lane sums of a0..a3 as (s0, s1, s2, s3), one fixed tree for every output. */
 ALWAYS_INLINE __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
     __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-ALWAYS_INLINE void tile_store(int tr, __m256 a[TR][NR], float *Y, int64_t ldy, int nn,
-                              bool accumulate) {
-#pragma GCC unroll 2
-    for (int t = 0; t < tr; t++) {
-        float r[4];
-        _mm_storeu_ps(r, hsum4(a[t][0], a[t][1], a[t][2], a[t][3]));
-        float *y = Y + t * ldy;
-        for (int n = 0; n < nn; n++)
-            y[n] = accumulate ? y[n] + r[n] : r[n];
-    }
 }
 
 /* Lanes i < left of a 32-bit mask vector set (for vmaskmovps). */
@@ -37,9 +29,9 @@ ALWAYS_INLINE __m256i tail_mask8(int64_t left) {
 
 /* ---- BF16 weights: per 16 elements, (v << 16) and (v & 0xffff0000) are the
  * even and odd weights as fp32; X is packed per 16 as 8 even then 8 odd.
- * wp[n] points at the 16 weights of row n for this step. */
+ * The step's 16 weights of row n start at element wk of w[n]. */
 ALWAYS_INLINE void bf16_step(const int tr, __m256 a[TR][NR], const float *X, int64_t ldx,
-                             int64_t k, const uint16_t *const wp[NR]) {
+                             int64_t k, const void *const w[NR], int64_t wk) {
     const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
     __m256 xe[TR], xo[TR];
 #pragma GCC unroll 2
@@ -49,7 +41,7 @@ ALWAYS_INLINE void bf16_step(const int tr, __m256 a[TR][NR], const float *X, int
     }
 #pragma GCC unroll 4
     for (int n = 0; n < NR; n++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)wp[n]);
+        __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w[n] + wk));
         __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi16));
 #pragma GCC unroll 2
@@ -62,27 +54,33 @@ ALWAYS_INLINE void bf16_step(const int tr, __m256 a[TR][NR], const float *X, int
 
 /* F16 (f16 = true) or F32 weights, 8 per step. */
 ALWAYS_INLINE void f_step(const int tr, const bool f16, __m256 a[TR][NR], const float *X,
-                          int64_t ldx, int64_t k, const void *const wp[NR]) {
+                          int64_t ldx, int64_t k, const void *const w[NR], int64_t wk) {
     __m256 x[TR];
 #pragma GCC unroll 2
     for (int t = 0; t < tr; t++)
         x[t] = _mm256_load_ps(X + t * ldx + k);
 #pragma GCC unroll 4
     for (int n = 0; n < NR; n++) {
-        __m256 wv = f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)wp[n]))
-                        : _mm256_loadu_ps((const float *)wp[n]);
+        __m256 wv =
+            f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w[n] + wk)))
+                : _mm256_loadu_ps((const float *)w[n] + wk);
 #pragma GCC unroll 2
         for (int t = 0; t < tr; t++)
             a[t][n] = _mm256_fmadd_ps(x[t], wv, a[t][n]);
     }
 }
 
-/* One register tile: tr X rows x NR W rows over all of K. The last, partial
- * step reads W through zero-padded copies, so it has the same shape as the
- * others (X is zero-padded by the packing). */
-ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, float *Y, int64_t ldy,
-                        const float *X, int64_t ldx, const void *const w[NR], int nn,
-                        int64_t K, bool accumulate) {
+/* One register tile: tr X rows x NR W rows over kc elements of K. The
+ * accumulators start at zero (first) or from acc (row stride ldacc vectors);
+ * at the end they are saved back to acc (exact), or (last) reduced and
+ * written (or added) to the nn first columns of Y. The last, partial step
+ * reads W through zero-padded copies, so it has the same shape as the
+ * others (X is zero-padded by the packing). Meanwhile the same span of `pf`
+ * (the next tile's weights) is prefetched to L2. */
+ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, const float *X, int64_t ldx,
+                        const void *const w[NR], int64_t kc, const char *pf, __m256 *acc,
+                        int64_t ldacc, bool first, bool last, float *Y, int64_t ldy, int nn,
+                        bool accumulate) {
     const int64_t step = wt == LP_DTYPE_BF16 ? 16 : 8;
     const size_t esz = wt == LP_DTYPE_F32 ? 4 : 2;
     __m256 a[TR][NR];
@@ -90,68 +88,116 @@ ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, float *Y, int64_t ldy,
     for (int t = 0; t < tr; t++)
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++)
-            a[t][n] = _mm256_setzero_ps();
-    const void *wp[NR];
+            a[t][n] = first ? _mm256_setzero_ps() : acc[t * ldacc + n];
     int64_t k = 0;
-    for (; k + step <= K; k += step) {
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            wp[n] = (const char *)w[n] + (size_t)k * esz;
+    for (; k + step <= kc; k += step) {
+        _mm_prefetch(pf + (size_t)k * esz, _MM_HINT_T1);
         if (wt == LP_DTYPE_BF16)
-            bf16_step(tr, a, X, ldx, k, (const uint16_t *const *)wp);
+            bf16_step(tr, a, X, ldx, k, w, k);
         else
-            f_step(tr, wt == LP_DTYPE_F16, a, X, ldx, k, wp);
+            f_step(tr, wt == LP_DTYPE_F16, a, X, ldx, k, w, k);
     }
-    if (k < K) {
+    if (k < kc) {
         _Alignas(32) char buf[NR][32] = {{0}};
+        const void *wb[NR];
         for (int n = 0; n < NR; n++) {
-            memcpy(buf[n], (const char *)w[n] + (size_t)k * esz, (size_t)(K - k) * esz);
-            wp[n] = buf[n];
+            memcpy(buf[n], (const char *)w[n] + (size_t)k * esz, (size_t)(kc - k) * esz);
+            wb[n] = buf[n];
         }
         if (wt == LP_DTYPE_BF16)
-            bf16_step(tr, a, X, ldx, k, (const uint16_t *const *)wp);
+            bf16_step(tr, a, X, ldx, k, wb, 0);
         else
-            f_step(tr, wt == LP_DTYPE_F16, a, X, ldx, k, wp);
+            f_step(tr, wt == LP_DTYPE_F16, a, X, ldx, k, wb, 0);
     }
-    tile_store(tr, a, Y, ldy, nn, accumulate);
+    if (!last) {
+#pragma GCC unroll 2
+        for (int t = 0; t < tr; t++)
+#pragma GCC unroll 4
+            for (int n = 0; n < NR; n++)
+                acc[t * ldacc + n] = a[t][n];
+        return;
+    }
+#pragma GCC unroll 2
+    for (int t = 0; t < tr; t++) {
+        float r[4];
+        _mm_storeu_ps(r, hsum4(a[t][0], a[t][1], a[t][2], a[t][3]));
+        float *y = Y + t * ldy;
+        for (int n = 0; n < nn; n++)
+            y[n] = accumulate ? y[n] + r[n] : r[n];
+    }
 }
 
 /* One instantiation per dtype and tile height, so the accumulators stay in
  * registers. */
-static void tiles(lp_dtype wt, int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                  const void *const w[NR], int nn, int64_t K, bool acc) {
+#define TILE_ARGS X, ldx, w, kc, pf, acc, ldacc, first, last, Y, ldy, nn, accumulate
+static void run_tile(lp_dtype wt, int tr, const float *X, int64_t ldx, const void *const w[NR],
+                     int64_t kc, const char *pf, __m256 *acc, int64_t ldacc, bool first,
+                     bool last, float *Y, int64_t ldy, int nn, bool accumulate) {
     if (wt == LP_DTYPE_BF16) {
         if (tr == 1)
-            tile(1, LP_DTYPE_BF16, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(1, LP_DTYPE_BF16, TILE_ARGS);
         else
-            tile(2, LP_DTYPE_BF16, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(2, LP_DTYPE_BF16, TILE_ARGS);
     } else if (wt == LP_DTYPE_F16) {
         if (tr == 1)
-            tile(1, LP_DTYPE_F16, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(1, LP_DTYPE_F16, TILE_ARGS);
         else
-            tile(2, LP_DTYPE_F16, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(2, LP_DTYPE_F16, TILE_ARGS);
     } else {
         if (tr == 1)
-            tile(1, LP_DTYPE_F32, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(1, LP_DTYPE_F32, TILE_ARGS);
         else
-            tile(2, LP_DTYPE_F32, Y, ldy, X, ldx, w, nn, K, acc);
+            tile(2, LP_DTYPE_F32, TILE_ARGS);
     }
 }
 
-/* W rows in tiles of NR (outer: loaded from memory once, then re-read from
- * cache for every X tile), X rows in tiles of TR (inner). */
+/* Y (+)= X W^T for one task, T x N: the loop structure (and the numerics:
+ * per-lane sums in K order, one fixed reduction tree) of kernels_avx512.c. */
 static void block(float *Y, int64_t ldy, const float *X, int64_t ldx, const void *W,
                   lp_dtype wt, int64_t ldw, int64_t T, int64_t N, int64_t K,
                   bool accumulate) {
-    size_t esz = lp_dtype_size(wt);
-    for (int64_t n0 = 0; n0 < N; n0 += NR) {
-        int nn = (int)LP_MIN(NR, N - n0);
-        const void *w[NR];
-        for (int j = 0; j < NR; j++)
-            w[j] = (const char *)W + (size_t)((n0 + LP_MIN(j, nn - 1)) * ldw) * esz;
-        for (int64_t t0 = 0; t0 < T; t0 += TR)
-            tiles(wt, (int)LP_MIN(TR, T - t0), Y + t0 * ldy + n0, ldy, X + t0 * ldx, ldx, w,
-                  nn, K, accumulate);
+    const size_t esz = lp_dtype_size(wt);
+    const size_t row = (size_t)ldw * esz;
+    __m256 acc[SUB_T * SUB_N]; /* saved accumulators, (SUB_T, SUB_N) */
+    for (int64_t t0 = 0; t0 < T; t0 += SUB_T) {
+        int64_t tt = LP_MIN(SUB_T, T - t0);
+        for (int64_t n0 = 0; n0 < N; n0 += SUB_N) {
+            int64_t nsub = LP_MIN(SUB_N, N - n0);
+            const char *W0 = (const char *)W + (size_t)n0 * row;
+#define WROW(r) (W0 + (size_t)LP_MIN((r), nsub - 1) * row)
+            if (tt <= TR) {
+                for (int64_t nb = 0; nb < nsub; nb += NR) {
+                    const void *w[NR];
+                    for (int j = 0; j < NR; j++)
+                        w[j] = WROW(nb + j);
+                    const char *pf = nb + NR < nsub ? WROW(nb + NR) : (const char *)w[0];
+                    run_tile(wt, (int)tt, X + t0 * ldx, ldx, w, K, pf, acc, 0, true, true,
+                             Y + t0 * ldy + n0 + nb, ldy, (int)LP_MIN(NR, nsub - nb),
+                             accumulate);
+                }
+            } else {
+                for (int64_t kb = 0; kb < K; kb += KC)
+                    for (int64_t nb = 0; nb < nsub; nb += NR) {
+                        const void *w[NR];
+                        for (int j = 0; j < NR; j++)
+                            w[j] = WROW(nb + j) + (size_t)kb * esz;
+                        int64_t pn = nb + NR < nsub ? nb + NR : 0;
+                        int64_t pk = nb + NR < nsub ? kb : kb + KC;
+                        for (int64_t ti = 0; ti * TR < tt; ti++) {
+                            const char *pf = pk < K && pn + ti < nsub && ti < NR
+                                                 ? WROW(pn + ti) + (size_t)pk * esz
+                                                 : (const char *)w[0];
+                            run_tile(wt, (int)LP_MIN(TR, tt - ti * TR),
+                                     X + (t0 + ti * TR) * ldx + kb, ldx, w,
+                                     LP_MIN(KC, K - kb), pf, acc + ti * TR * SUB_N + nb,
+                                     SUB_N, kb == 0, kb + KC >= K,
+                                     Y + (t0 + ti * TR) * ldy + n0 + nb, ldy,
+                                     (int)LP_MIN(NR, nsub - nb), accumulate);
+                        }
+                    }
+            }
+#undef WROW
+        }
     }
 }
 
@@ -220,6 +266,8 @@ static void axpy_f32(float *y, float a, const float *x, int64_t n) {
 }
 
 static void to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
+    if (n <= 0)
+        return;
     if (t == LP_DTYPE_F32) {
         memmove(dst, src, (size_t)n * sizeof(float));
         return;

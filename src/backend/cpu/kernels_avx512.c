@@ -7,8 +7,11 @@
 #include "backend/cpu/kernels.h"
 #include "util/util.h"
 
-#define TR 4 /* X rows per register tile */
-#define NR 4 /* W rows per register tile (N tails repeat the last row) */
+#define TR 4      /* X rows per register tile */
+#define NR 4      /* W rows per register tile (N tails repeat the last row) */
+#define KC 512    /* K block of the many-row path */
+#define SUB_T 16  /* X rows whose K block (16 x KC x 4 B = 32 KiB) stays in L1 */
+#define SUB_N 32  /* W rows per saved-accumulator buffer (16 x 32 x 64 B) */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* Lane sums of a0..a3 as (s0, s1, s2, s3); one fixed addition tree for
@@ -22,21 +25,6 @@ ALWAYS_INLINE __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* Write (or add) the nn first lanes of r to y. */
-ALWAYS_INLINE void store_row(float *y, __m128 r, int nn, bool accumulate) {
-    __mmask8 m = (__mmask8)((1u << nn) - 1);
-    if (accumulate)
-        r = _mm_add_ps(r, _mm_maskz_loadu_ps(m, y));
-    _mm_mask_storeu_ps(y, m, r);
-}
-
-ALWAYS_INLINE void tile_store(int tr, __m512 a[TR][NR], float *Y, int64_t ldy, int nn,
-                              bool accumulate) {
-#pragma GCC unroll 4
-    for (int t = 0; t < tr; t++)
-        store_row(Y + t * ldy, hsum4(a[t][0], a[t][1], a[t][2], a[t][3]), nn, accumulate);
-}
-
 /* Mask of the first min(left, 32 or 16) lanes (none if left <= 0). */
 ALWAYS_INLINE __mmask32 tail_mask32(int64_t left) {
     return left >= 32 ? 0xffffffffu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
@@ -45,197 +33,212 @@ ALWAYS_INLINE __mmask16 tail_mask16(int64_t left) {
     return left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
 }
 
-/* ---- BF16 weights, widened in registers --------------------------------------
- * A 64-byte load holds 32 bf16 weights; as 16 dwords, (v << 16) is the fp32
- * value of the even elements and (v & 0xffff0000) that of the odd ones. X is
- * packed to match: per 32 elements, the 16 even ones then the 16 odd ones.
- * Two shift/and per W row per 32 elements, no shuffles, exact fp32 products. */
-ALWAYS_INLINE void tile_bf16(const int tr, float *Y, int64_t ldy, const float *X,
-                             int64_t ldx, const uint16_t *const w[NR], int nn, int64_t K,
-                             bool accumulate) {
-    __m512 a[TR][NR];
+/* How a tile multiplies, by weight dtype:
+ *  BF16   A 64-byte load holds 32 bf16 weights; as 16 dwords, (v << 16) is
+ *         the fp32 value of the even elements and (v & 0xffff0000) that of
+ *         the odd ones. X is packed to match (per 32 elements: the 16 even,
+ *         then the 16 odd). Two shift/and per W row per 32 elements, no
+ *         shuffles, exact fp32 products.
+ *  DPBF16 vdpbf16ps multiplies bf16 by bf16, so X is split as x = hi + lo,
+ *         hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-17 |x|), and
+ *         each step issues two dot products. Packed X per 32 elements: the
+ *         32 hi, then the 32 lo (as bf16).
+ *  F16    vcvtph2ps, 16 per step.   F32  plain loads, 16 per step. */
+enum { KIND_BF16, KIND_DPBF16, KIND_F16, KIND_F32 };
+
+/* One register tile: tr X rows x NR W rows over kc elements of K. The
+ * 16-lane accumulators start at zero (first) or from acc (row stride ldacc
+ * vectors); at the end they are saved back to acc, or (last) reduced and
+ * written (or added) to the nn first columns of Y. Saving and reloading is
+ * exact, so splitting K into blocks does not change any result. While it
+ * runs it prefetches the same span of `pf` (the next tile's weights) to L2. */
+ALWAYS_INLINE void tile(const int kind, const int tr, const float *X, int64_t ldx,
+                        const void *const wv[NR], int64_t kc, const char *pf, __m512 *acc,
+                        int64_t ldacc, bool first, bool last, float *Y, int64_t ldy, int nn,
+                        bool accumulate) {
+    const int64_t step = kind == KIND_BF16 || kind == KIND_DPBF16 ? 32 : 16;
+    const size_t esz = kind == KIND_F32 ? 4 : 2;
     const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 a[TR][NR];
 #pragma GCC unroll 4
     for (int t = 0; t < tr; t++)
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++)
-            a[t][n] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
-        __mmask32 m = tail_mask32(K - k);
-        __m512 we[NR], wo[NR];
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++) {
-            __m512i v = _mm512_maskz_loadu_epi16(m, w[n] + k);
-            we[n] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-            wo[n] = _mm512_castsi512_ps(_mm512_and_si512(v, hi16));
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < tr; t++) {
-            __m512 xe = _mm512_load_ps(X + t * ldx + k);
-            __m512 xo = _mm512_load_ps(X + t * ldx + k + 16);
+            a[t][n] = first ? _mm512_setzero_ps() : acc[t * ldacc + n];
+    for (int64_t k = 0; k < kc; k += step) {
+        _mm_prefetch(pf + (size_t)k * esz, _MM_HINT_T1);
+        if (kind == KIND_BF16) {
+            __mmask32 m = tail_mask32(kc - k);
+            __m512 we[NR], wo[NR];
 #pragma GCC unroll 4
             for (int n = 0; n < NR; n++) {
-                a[t][n] = _mm512_fmadd_ps(xe, we[n], a[t][n]);
-                a[t][n] = _mm512_fmadd_ps(xo, wo[n], a[t][n]);
+                __m512i v = _mm512_maskz_loadu_epi16(m, (const uint16_t *)wv[n] + k);
+                we[n] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                wo[n] = _mm512_castsi512_ps(_mm512_and_si512(v, hi16));
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < tr; t++) {
+                __m512 xe = _mm512_load_ps(X + t * ldx + k);
+                __m512 xo = _mm512_load_ps(X + t * ldx + k + 16);
+#pragma GCC unroll 4
+                for (int n = 0; n < NR; n++) {
+                    a[t][n] = _mm512_fmadd_ps(xe, we[n], a[t][n]);
+                    a[t][n] = _mm512_fmadd_ps(xo, wo[n], a[t][n]);
+                }
+            }
+        } else if (kind == KIND_DPBF16) {
+            __mmask32 m = tail_mask32(kc - k);
+            __m512bh w[NR];
+#pragma GCC unroll 4
+            for (int n = 0; n < NR; n++)
+                w[n] = (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)wv[n] + k);
+#pragma GCC unroll 4
+            for (int t = 0; t < tr; t++) {
+                __m512bh xh = (__m512bh)_mm512_load_si512(X + t * ldx + k);
+                __m512bh xl = (__m512bh)_mm512_load_si512(X + t * ldx + k + 16);
+#pragma GCC unroll 4
+                for (int n = 0; n < NR; n++) {
+                    a[t][n] = _mm512_dpbf16_ps(a[t][n], xh, w[n]);
+                    a[t][n] = _mm512_dpbf16_ps(a[t][n], xl, w[n]);
+                }
+            }
+        } else {
+            __mmask16 m = tail_mask16(kc - k);
+            __m512 w[NR];
+#pragma GCC unroll 4
+            for (int n = 0; n < NR; n++)
+                w[n] = kind == KIND_F16
+                           ? _mm512_cvtph_ps(
+                                 _mm256_maskz_loadu_epi16(m, (const uint16_t *)wv[n] + k))
+                           : _mm512_maskz_loadu_ps(m, (const float *)wv[n] + k);
+#pragma GCC unroll 4
+            for (int t = 0; t < tr; t++) {
+                __m512 x = _mm512_load_ps(X + t * ldx + k);
+#pragma GCC unroll 4
+                for (int n = 0; n < NR; n++)
+                    a[t][n] = _mm512_fmadd_ps(x, w[n], a[t][n]);
             }
         }
     }
-    tile_store(tr, a, Y, ldy, nn, accumulate);
-}
-
-/* ---- F16 weights: vcvtph2ps, 16 per step -------------------------------------- */
-ALWAYS_INLINE void tile_f16(const int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                            const uint16_t *const w[NR], int nn, int64_t K,
-                            bool accumulate) {
-    __m512 a[TR][NR];
+    if (!last) {
 #pragma GCC unroll 4
-    for (int t = 0; t < tr; t++)
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            a[t][n] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-        __mmask16 m = tail_mask16(K - k);
-        __m512 wv[NR];
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            wv[n] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w[n] + k));
-#pragma GCC unroll 4
-        for (int t = 0; t < tr; t++) {
-            __m512 x = _mm512_load_ps(X + t * ldx + k);
+        for (int t = 0; t < tr; t++)
 #pragma GCC unroll 4
             for (int n = 0; n < NR; n++)
-                a[t][n] = _mm512_fmadd_ps(x, wv[n], a[t][n]);
-        }
+                acc[t * ldacc + n] = a[t][n];
+        return;
     }
-    tile_store(tr, a, Y, ldy, nn, accumulate);
-}
-
-/* ---- F32 weights ---------------------------------------------------------------- */
-ALWAYS_INLINE void tile_f32(const int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                            const float *const w[NR], int nn, int64_t K, bool accumulate) {
-    __m512 a[TR][NR];
+    __mmask8 m = (__mmask8)((1u << nn) - 1);
 #pragma GCC unroll 4
-    for (int t = 0; t < tr; t++)
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            a[t][n] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-        __mmask16 m = tail_mask16(K - k);
-        __m512 wv[NR];
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            wv[n] = _mm512_maskz_loadu_ps(m, w[n] + k);
-#pragma GCC unroll 4
-        for (int t = 0; t < tr; t++) {
-            __m512 x = _mm512_load_ps(X + t * ldx + k);
-#pragma GCC unroll 4
-            for (int n = 0; n < NR; n++)
-                a[t][n] = _mm512_fmadd_ps(x, wv[n], a[t][n]);
-        }
+    for (int t = 0; t < tr; t++) {
+        __m128 r = hsum4(a[t][0], a[t][1], a[t][2], a[t][3]);
+        if (accumulate)
+            r = _mm_add_ps(r, _mm_maskz_loadu_ps(m, Y + t * ldy));
+        _mm_mask_storeu_ps(Y + t * ldy, m, r);
     }
-    tile_store(tr, a, Y, ldy, nn, accumulate);
 }
 
-/* ---- BF16 weights with vdpbf16ps -------------------------------------------------
- * vdpbf16ps multiplies bf16 by bf16, so X is split as x = hi + lo with
- * hi = bf16(x), lo = bf16(x - hi) (|x - (hi + lo)| <= 2^-17 |x|) and each
- * step issues two dot products. Packed X per 32 elements: 32 hi then 32 lo. */
-__attribute__((target("avx512bf16"))) ALWAYS_INLINE void
-tile_dpbf16(const int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-            const uint16_t *const w[NR], int nn, int64_t K, bool accumulate) {
-    __m512 a[TR][NR];
-#pragma GCC unroll 4
-    for (int t = 0; t < tr; t++)
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            a[t][n] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
-        __mmask32 m = tail_mask32(K - k);
-        __m512bh wv[NR];
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; n++)
-            wv[n] = (__m512bh)_mm512_maskz_loadu_epi16(m, w[n] + k);
-#pragma GCC unroll 4
-        for (int t = 0; t < tr; t++) {
-            __m512bh xh = (__m512bh)_mm512_load_si512(X + t * ldx + k);
-            __m512bh xl = (__m512bh)_mm512_load_si512(X + t * ldx + k + 16);
-#pragma GCC unroll 4
-            for (int n = 0; n < NR; n++) {
-                a[t][n] = _mm512_dpbf16_ps(a[t][n], xh, wv[n]);
-                a[t][n] = _mm512_dpbf16_ps(a[t][n], xl, wv[n]);
-            }
-        }
+/* One instantiation per kind and tile height, so the accumulators live in
+ * registers. */
+#define TILE_ARGS X, ldx, w, kc, pf, acc, ldacc, first, last, Y, ldy, nn, accumulate
+#define TILE_KIND(kind)                                                                \
+    switch (tr) {                                                                      \
+    case 1: tile(kind, 1, TILE_ARGS); break;                                           \
+    case 2: tile(kind, 2, TILE_ARGS); break;                                           \
+    case 3: tile(kind, 3, TILE_ARGS); break;                                           \
+    default: tile(kind, 4, TILE_ARGS); break;                                          \
     }
-    tile_store(tr, a, Y, ldy, nn, accumulate);
+
+static void run_tile(int kind, int tr, const float *X, int64_t ldx, const void *const w[NR],
+                     int64_t kc, const char *pf, __m512 *acc, int64_t ldacc, bool first,
+                     bool last, float *Y, int64_t ldy, int nn, bool accumulate) {
+    switch (kind) {
+    case KIND_BF16: TILE_KIND(KIND_BF16) break;
+    case KIND_DPBF16: TILE_KIND(KIND_DPBF16) break;
+    case KIND_F16: TILE_KIND(KIND_F16) break;
+    default: TILE_KIND(KIND_F32) break;
+    }
 }
 
-/* One instantiation per tile height, so the accumulators live in registers. */
-#define TILE_SWITCH(fn, tr, ...)                                                       \
-    do {                                                                               \
-        switch (tr) {                                                                  \
-        case 1: fn(1, __VA_ARGS__); break;                                             \
-        case 2: fn(2, __VA_ARGS__); break;                                             \
-        case 3: fn(3, __VA_ARGS__); break;                                             \
-        default: fn(4, __VA_ARGS__); break;                                            \
-        }                                                                              \
-    } while (0)
-
-static void tiles_bf16(int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                       const uint16_t *const w[NR], int nn, int64_t K, bool acc) {
-    TILE_SWITCH(tile_bf16, tr, Y, ldy, X, ldx, w, nn, K, acc);
-}
-static void tiles_f16(int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                      const uint16_t *const w[NR], int nn, int64_t K, bool acc) {
-    TILE_SWITCH(tile_f16, tr, Y, ldy, X, ldx, w, nn, K, acc);
-}
-static void tiles_f32(int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-                      const float *const w[NR], int nn, int64_t K, bool acc) {
-    TILE_SWITCH(tile_f32, tr, Y, ldy, X, ldx, w, nn, K, acc);
-}
-__attribute__((target("avx512bf16"))) static void
-tiles_dpbf16(int tr, float *Y, int64_t ldy, const float *X, int64_t ldx,
-             const uint16_t *const w[NR], int nn, int64_t K, bool acc) {
-    TILE_SWITCH(tile_dpbf16, tr, Y, ldy, X, ldx, w, nn, K, acc);
-}
-
-/* W rows in tiles of NR (outer: each W tile is loaded from memory once and
- * re-read from L1/L2 for every X tile), X rows in tiles of TR (inner). */
-static void block_impl(bool dpbf16, float *Y, int64_t ldy, const float *X, int64_t ldx,
+/* Y (+)= X W^T for one task, T x N.
+ * Numerics: lane j of the accumulator of element (t, n) sums the products of
+ * every 16th (or, BF16, every 32nd pair of) k in order; the 16 lanes are then
+ * reduced by one fixed tree. That depends only on K, never on T, N or the
+ * loop order below, which is free to chase the cache:
+ *  - one X tile (T <= 4, decode): a W tile runs over all of K in registers,
+ *    so each W row streams from memory once, front to back, while the next
+ *    tile's rows are prefetched;
+ *  - more rows: X rows in groups of SUB_T whose K block sits in L1; per K
+ *    block every W tile is loaded once (from L2 after the first group) and
+ *    used by all the group's X tiles, accumulators being saved between K
+ *    blocks in acc[] (exact). The next W tile's span is prefetched into L2
+ *    meanwhile (X tile i of the group fetches row i). */
+static void block_impl(int kind, float *Y, int64_t ldy, const float *X, int64_t ldx,
                        const void *W, lp_dtype wt, int64_t ldw, int64_t T, int64_t N,
                        int64_t K, bool accumulate) {
-    size_t esz = lp_dtype_size(wt);
-    for (int64_t n0 = 0; n0 < N; n0 += NR) {
-        int nn = (int)LP_MIN(NR, N - n0);
-        const void *w[NR];
-        for (int j = 0; j < NR; j++)
-            w[j] = (const char *)W + (size_t)((n0 + LP_MIN(j, nn - 1)) * ldw) * esz;
-        for (int64_t t0 = 0; t0 < T; t0 += TR) {
-            int tr = (int)LP_MIN(TR, T - t0);
-            float *y = Y + t0 * ldy + n0;
-            const float *x = X + t0 * ldx;
-            if (wt == LP_DTYPE_BF16 && dpbf16)
-                tiles_dpbf16(tr, y, ldy, x, ldx, (const uint16_t *const *)w, nn, K,
+    const size_t esz = lp_dtype_size(wt);
+    const size_t row = (size_t)ldw * esz;
+    __m512 acc[SUB_T * SUB_N]; /* saved accumulators, (SUB_T, SUB_N) */
+    for (int64_t t0 = 0; t0 < T; t0 += SUB_T) {
+        int64_t tt = LP_MIN(SUB_T, T - t0);
+        for (int64_t n0 = 0; n0 < N; n0 += SUB_N) {
+            int64_t nsub = LP_MIN(SUB_N, N - n0);
+            const char *W0 = (const char *)W + (size_t)n0 * row;
+            /* row r of this sub-block, clamped to the last one (N tails) */
+#define WROW(r) (W0 + (size_t)LP_MIN((r), nsub - 1) * row)
+            if (tt <= TR) {
+                for (int64_t nb = 0; nb < nsub; nb += NR) {
+                    const void *w[NR];
+                    for (int j = 0; j < NR; j++)
+                        w[j] = WROW(nb + j);
+                    const char *pf = nb + NR < nsub ? WROW(nb + NR) : (const char *)w[0];
+                    run_tile(kind, (int)tt, X + t0 * ldx, ldx, w, K, pf, acc, 0, true, true,
+                             Y + t0 * ldy + n0 + nb, ldy, (int)LP_MIN(NR, nsub - nb),
                              accumulate);
-            else if (wt == LP_DTYPE_BF16)
-                tiles_bf16(tr, y, ldy, x, ldx, (const uint16_t *const *)w, nn, K, accumulate);
-            else if (wt == LP_DTYPE_F16)
-                tiles_f16(tr, y, ldy, x, ldx, (const uint16_t *const *)w, nn, K, accumulate);
-            else
-                tiles_f32(tr, y, ldy, x, ldx, (const float *const *)w, nn, K, accumulate);
+                }
+            } else {
+                for (int64_t kb = 0; kb < K; kb += KC)
+                    for (int64_t nb = 0; nb < nsub; nb += NR) {
+                        const void *w[NR];
+                        for (int j = 0; j < NR; j++)
+                            w[j] = WROW(nb + j) + (size_t)kb * esz;
+                        /* next W tile: the next rows, or this K block's successor */
+                        int64_t pn = nb + NR < nsub ? nb + NR : 0;
+                        int64_t pk = nb + NR < nsub ? kb : kb + KC;
+                        for (int64_t ti = 0; ti * TR < tt; ti++) {
+                            const char *pf = pk < K && pn + ti < nsub && ti < NR
+                                                 ? WROW(pn + ti) + (size_t)pk * esz
+                                                 : (const char *)w[0];
+                            run_tile(kind, (int)LP_MIN(TR, tt - ti * TR),
+                                     X + (t0 + ti * TR) * ldx + kb, ldx, w,
+                                     LP_MIN(KC, K - kb), pf, acc + ti * TR * SUB_N + nb,
+                                     SUB_N, kb == 0, kb + KC >= K,
+                                     Y + (t0 + ti * TR) * ldy + n0 + nb, ldy,
+                                     (int)LP_MIN(NR, nsub - nb), accumulate);
+                        }
+                    }
+            }
+#undef WROW
         }
     }
+}
+
+static int kind_of(lp_dtype wt, bool dpbf16) {
+    if (wt == LP_DTYPE_BF16)
+        return dpbf16 ? KIND_DPBF16 : KIND_BF16;
+    return wt == LP_DTYPE_F16 ? KIND_F16 : KIND_F32;
 }
 
 static void block(float *Y, int64_t ldy, const float *X, int64_t ldx, const void *W,
                   lp_dtype wt, int64_t ldw, int64_t T, int64_t N, int64_t K,
                   bool accumulate) {
-    block_impl(false, Y, ldy, X, ldx, W, wt, ldw, T, N, K, accumulate);
+    block_impl(kind_of(wt, false), Y, ldy, X, ldx, W, wt, ldw, T, N, K, accumulate);
 }
 
 static void block_dpbf16(float *Y, int64_t ldy, const float *X, int64_t ldx, const void *W,
                          lp_dtype wt, int64_t ldw, int64_t T, int64_t N, int64_t K,
                          bool accumulate) {
-    block_impl(true, Y, ldy, X, ldx, W, wt, ldw, T, N, K, accumulate);
+    block_impl(kind_of(wt, true), Y, ldy, X, ldx, W, wt, ldw, T, N, K, accumulate);
 }
 
 /* ---- X packing (Kp is a multiple of 32) ------------------------------------------ */
@@ -271,8 +274,7 @@ static void pack_x(float *dst, const float *x, int64_t K, int64_t Kp, lp_dtype w
     }
 }
 
-__attribute__((target("avx512bf16"))) static void
-pack_x_dpbf16(float *dst, const float *x, int64_t K, int64_t Kp, lp_dtype wt) {
+static void pack_x_dpbf16(float *dst, const float *x, int64_t K, int64_t Kp, lp_dtype wt) {
     if (wt != LP_DTYPE_BF16) {
         pack_plain(dst, x, K, Kp);
         return;
@@ -341,6 +343,8 @@ static void axpy_f32(float *y, float a, const float *x, int64_t n) {
 }
 
 static void to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
+    if (n <= 0)
+        return;
     if (t == LP_DTYPE_F32) {
         memmove(dst, src, (size_t)n * sizeof(float));
         return;

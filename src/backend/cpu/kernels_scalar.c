@@ -62,6 +62,8 @@ static void axpy_f32(float *y, float a, const float *x, int64_t n) {
 }
 
 static void to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
+    if (n <= 0)
+        return;
     if (t == LP_DTYPE_F32) {
         memmove(dst, src, (size_t)n * sizeof(float));
         return;
