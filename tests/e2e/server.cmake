@@ -6,5 +6,5 @@ set_tests_properties(e2e_npm_setup PROPERTIES FIXTURES_SETUP e2e_npm LABELS e2e)
 foreach(t api admin eval bench)
   add_test(NAME e2e_server_${t} COMMAND node --test ${CMAKE_CURRENT_LIST_DIR}/server/${t}.test.cjs)
   set_tests_properties(e2e_server_${t} PROPERTIES FIXTURES_REQUIRED e2e_npm LABELS e2e TIMEOUT 600
-    ENVIRONMENT "NODE_PATH=${LP_E2E_NODE}/node_modules;LORAPLEX_BIN=$<TARGET_FILE:loraplex>;LORAPLEX_REPO=${CMAKE_SOURCE_DIR}")
+    ENVIRONMENT "OMP_WAIT_POLICY=PASSIVE;NODE_PATH=${LP_E2E_NODE}/node_modules;LORAPLEX_BIN=$<TARGET_FILE:loraplex>;LORAPLEX_REPO=${CMAKE_SOURCE_DIR}")
 endforeach()
