@@ -32,6 +32,7 @@ static const char k_usage[] =
     "  --kv-cache-mib N             KV cache size (default 512)\n"
     "  --threads N                  CPU threads (default: all cores)\n"
     "  --max-connections N          (default 1024)  --timeout S  idle client timeout (default 30)\n"
+    "  --request-timeout S          a request's headers and body must arrive within S s (default 30)\n"
     "  --max-body-mib N             largest request body (default 8)\n"
     "  --drain-timeout S            on SIGTERM, finish in-flight requests for up to S s (default 30)\n"
     "\n"
@@ -134,6 +135,7 @@ int lp_cmd_serve(int argc, char **argv) {
         INT("--threads", p.threads, 0, 4096)
         INT("--max-connections", p.max_connections, 1, 1 << 20)
         INT("--timeout", p.connection_timeout_s, 1, 86400)
+        INT("--request-timeout", p.request_timeout_s, 1, 86400)
         else {
             fprintf(stderr, "error: unknown option '%s'\n\n%s", a, k_usage);
             return 2;

@@ -69,6 +69,14 @@ typedef struct lp_metrics {
     lp_hist ttft, itl, queue, e2e;
 } lp_metrics;
 
+/* A connection as the request watchdog sees it. */
+typedef struct lp_conn_track {
+    bool used;
+    int fd;
+    double since;     /* when the current request started arriving */
+    bool receiving;   /* headers or body still arriving */
+} lp_conn_track;
+
 typedef struct lp_server lp_server;
 struct lp_server {
     lp_server_params p;
@@ -103,6 +111,11 @@ struct lp_server {
 
     pthread_t refresher;
     bool refresher_started;
+    /* request deadline watchdog: connections still receiving a request */
+    pthread_t watchdog;
+    bool watchdog_started, watchdog_exit;
+    struct lp_conn_track *tracks;   /* (max_connections) */
+    pthread_mutex_t track_mu;
     lp_metrics m;
     lp_job **run;                   /* worker: submitted jobs */
     int n_run, cap_run;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "server/server-impl.h"
@@ -33,6 +34,7 @@ lp_server_params lp_server_default_params(void) {
     p.kv_cache_mib = 512;
     p.max_connections = 1024;
     p.connection_timeout_s = 30;
+    p.request_timeout_s = 30;
     p.max_body_bytes = 8u << 20;
     p.drain_timeout_s = 30.0;
     p.max_queue = 1024;
@@ -97,6 +99,65 @@ typedef struct conn_ctx {
     bool too_big;
 } conn_ctx;
 
+/* ---- request deadline watchdog ------------------------------------------
+ * libmicrohttpd's timeout is for inactivity: a client that sends one header
+ * byte every few seconds (slowloris) or trickles its body would hold its
+ * connection and thread forever. Every connection is tracked from the moment
+ * a request starts arriving until it is complete; past request_timeout_s the
+ * watchdog shuts the socket down, which ends the connection cleanly. */
+
+static lp_conn_track *track_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? (lp_conn_track *)ci->socket_context : NULL;
+}
+
+static void track_set(lp_server *s, lp_conn_track *t, bool receiving) {
+    if (!t)
+        return;
+    pthread_mutex_lock(&s->track_mu);
+    t->receiving = receiving;
+    t->since = lp__now();
+    pthread_mutex_unlock(&s->track_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    lp_server *s = cls;
+    pthread_mutex_lock(&s->track_mu);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (int i = 0; ci && i < s->p.max_connections; i++)
+            if (!s->tracks[i].used) {
+                s->tracks[i] = (lp_conn_track){.used = true, .fd = ci->connect_fd, .since = lp__now(), .receiving = true};
+                *socket_context = &s->tracks[i];
+                break;
+            }
+    } else if (*socket_context) {
+        ((lp_conn_track *)*socket_context)->used = false;
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&s->track_mu);
+}
+
+static void *watchdog_main(void *arg) {
+    lp_server *s = arg;
+    while (!__atomic_load_n(&s->watchdog_exit, __ATOMIC_ACQUIRE)) {
+        usleep(250000);
+        double now = lp__now();
+        pthread_mutex_lock(&s->track_mu);
+        for (int i = 0; i < s->p.max_connections; i++) {
+            lp_conn_track *t = &s->tracks[i];
+            if (t->used && t->receiving && now - t->since > s->p.request_timeout_s) {
+                LP_INFO("closing a connection that took over %d s to send its request", s->p.request_timeout_s);
+                shutdown(t->fd, SHUT_RDWR);
+                t->receiving = false;
+            }
+        }
+        pthread_mutex_unlock(&s->track_mu);
+    }
+    return NULL;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     conn_ctx *ctx = *con_cls;
     if (ctx) {
@@ -104,6 +165,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         free(ctx);
         *con_cls = NULL;
     }
+    /* a keep-alive connection's next request starts arriving now */
+    track_set(cls, track_of(c), true);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -156,6 +219,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    track_set(s, track_of(c), false); /* the whole request is in */
     if (ctx->too_big)
         return lp__send_error(c, 413, "RequestTooLargeError", NULL, "request body over %llu bytes",
                               (unsigned long long)s->p.max_body_bytes);
@@ -291,6 +355,12 @@ int lp_server_run(const lp_server_params *params) {
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     pthread_mutex_init(&s->m.mu, NULL);
+    pthread_mutex_init(&s->track_mu, NULL);
+    s->tracks = calloc((size_t)params->max_connections, sizeof(lp_conn_track));
+    if (!s->tracks) {
+        free(s);
+        return 1;
+    }
     const char *name = params->served_name;
     if (!name) {
         size_t n = strlen(params->model_dir);
@@ -336,13 +406,16 @@ int lp_server_run(const lp_server_params *params) {
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)params->max_connections,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)params->connection_timeout_s,
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+                              on_connection, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
                               MHD_OPTION_END);
     if (!s->mhd) {
         LP_ERROR("cannot listen on %s:%d (in use?)", params->host, params->port);
         lp__worker_stop(s);
         goto out;
     }
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s) == 0)
+        s->watchdog_started = true;
     LP_INFO("serving %s on http://%s:%d  (adapters: %s)", s->model_id, params->host, params->port,
             params->lora_dir ? params->lora_dir : "none");
     LP_INFO("try: curl http://%s:%d/v1/completions -H 'Content-Type: application/json' "
@@ -373,6 +446,10 @@ int lp_server_run(const lp_server_params *params) {
     pthread_mutex_unlock(&s->mu);
     lp__worker_stop(s); /* aborts what is left: their clients get finish_reason "abort" */
     MHD_stop_daemon(s->mhd);
+    if (s->watchdog_started) {
+        __atomic_store_n(&s->watchdog_exit, true, __ATOMIC_RELEASE);
+        pthread_join(s->watchdog, NULL);
+    }
     LP_INFO("stopped");
     status = 0;
 out:
@@ -380,6 +457,8 @@ out:
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->m.mu);
+    pthread_mutex_destroy(&s->track_mu);
+    free(s->tracks);
     free(s);
     return status;
 }

@@ -26,6 +26,7 @@ typedef struct lp_server_params {
     int threads;
     int max_connections;
     int connection_timeout_s;       /* idle / slow client timeout */
+    int request_timeout_s;          /* a whole request (headers + body) must arrive within this */
     uint64_t max_body_bytes;
     double drain_timeout_s;         /* SIGTERM: finish in-flight requests up to this long */
     int max_queue;                  /* queued requests beyond which 503 */

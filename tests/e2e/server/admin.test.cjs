@@ -164,3 +164,44 @@ test('SIGTERM drains in-flight requests, refuses new ones, exits 0', async () =>
   const { code } = await srv.exited;
   assert.strictEqual(code, 0);
 });
+
+test('slow clients are cut off; other clients unaffected; bad framing refused', async () => {
+  const net = require('node:net');
+  const srv = await start(['--request-timeout', '2']);
+  try {
+    const slow = (payload, everyMs) => new Promise((resolve) => {
+      const t0 = Date.now();
+      const sock = net.connect(srv.port, '127.0.0.1');
+      let i = 0, closed = false;
+      const timer = setInterval(() => { if (!closed && i < payload.length) sock.write(payload[i++]); }, everyMs);
+      sock.on('data', () => {});
+      sock.on('error', () => {});
+      sock.on('close', () => { closed = true; clearInterval(timer); resolve(Date.now() - t0); });
+      setTimeout(() => { sock.destroy(); }, 15000);
+    });
+    // slowloris: a header byte every 300 ms (well inside the idle timeout)
+    const loris = slow('GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ' + 'a'.repeat(200) + '\r\n\r\n', 300);
+    // slow POST: headers at once, then the body a byte at a time
+    const body = JSON.stringify({ model: 'tinylm', prompt: 'x', max_tokens: 1 });
+    const slowPost = slow(['POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ' + body.length + '\r\n\r\n', ...body], 300);
+    // meanwhile others are served
+    const t0 = Date.now();
+    const r = await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'hello', max_tokens: 4 });
+    assert.strictEqual(r.status, 200);
+    assert.ok(Date.now() - t0 < 2000);
+    const [a, b] = await Promise.all([loris, slowPost]);
+    assert.ok(a >= 1800 && a < 6000, 'slowloris closed after ' + a + ' ms');
+    assert.ok(b >= 1800 && b < 6000, 'slow POST closed after ' + b + ' ms');
+    // Content-Length together with Transfer-Encoding -> 400
+    const framing = await new Promise((resolve) => {
+      const sock = net.connect(srv.port, '127.0.0.1', () => sock.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\n' +
+        'Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'));
+      let d = '';
+      sock.on('data', (x) => { d += x; });
+      sock.on('close', () => resolve(d));
+      sock.on('error', () => resolve(d));
+    });
+    assert.match(framing, /^HTTP\/1\.1 400/);
+    assert.strictEqual((await fetch(srv.url + '/health')).status, 200);
+  } finally { await stop(srv); }
+});
