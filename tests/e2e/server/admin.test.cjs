@@ -205,3 +205,26 @@ test('slow clients are cut off; other clients unaffected; bad framing refused', 
     assert.strictEqual((await fetch(srv.url + '/health')).status, 200);
   } finally { await stop(srv); }
 });
+
+test('unloading or replacing an adapter in use lets its rows finish on the old weights', async () => {
+  const dir = loraDir(['math']);
+  const srv = await start(['--lora-dir', dir, '--lora-refresh-interval', '0']);
+  try {
+    const long = post(srv.url + '/v1/completions', { model: 'math', prompt: 'The', max_tokens: 300, ignore_eos: true });
+    let running = 0;
+    for (let i = 0; i < 500 && running < 1; i++) { await sleep(10); running = await metric(srv.url, 'vllm:num_requests_running'); }
+    assert.strictEqual(running, 1);
+    const u = await post(srv.url + '/v1/unload_lora_adapter', { lora_name: 'math' });
+    assert.strictEqual(u.status, 200);
+    assert.strictEqual((await post(srv.url + '/v1/completions', { model: 'math', prompt: 'x', max_tokens: 1 })).status, 404);
+    // register the name again (new weights: reverse's) while the old row still runs
+    fs.cpSync(path.join(REPO, 'models/tinylm-adapters/reverse'), path.join(dir, 'rev'), { recursive: true });
+    assert.strictEqual((await post(srv.url + '/v1/load_lora_adapter', { lora_name: 'math', lora_path: 'rev' })).status, 200);
+    const nw = await post(srv.url + '/v1/completions', { model: 'math', prompt: 'Reverse the letters: s t o n e\nAnswer:', max_tokens: 12, temperature: 0 });
+    assert.strictEqual(nw.json.choices[0].text, ' e n o t s\n');
+    const r = await long;
+    assert.strictEqual(r.status, 200);
+    assert.strictEqual(r.json.usage.completion_tokens, 300);
+    assert.strictEqual(r.json.choices[0].finish_reason, 'length');
+  } finally { await stop(srv); }
+});
