@@ -180,7 +180,7 @@ static void attention(cpu_backend *b, const lp_batch_row *rows, int layer, int64
     int H = c->n_heads, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     int64_t work = T * H;
-#pragma omp parallel for schedule(dynamic, 1) if (work > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (work > 1) num_threads(b->n_threads)
     for (int64_t w = 0; w < work; w++) {
         int64_t t = w / H;
         int h = (int)(w % H), g = h / group;
@@ -260,6 +260,10 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
     if (rc)
         return rc;
     int64_t D = c->hidden, F = c->ffn, hd = c->head_dim, half = hd / 2;
+    /* the thread count is per calling thread in OpenMP: the server's engine
+     * thread must get the configured count too (the attention scratch is
+     * sized for it) */
+    omp_set_num_threads(b->n_threads);
     b->rows = rows;
     b->n_rows = n_rows;
     b->any_adapter = false;

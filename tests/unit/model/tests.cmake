@@ -7,3 +7,6 @@ endforeach()
 lp_add_unit_test(test_model_load
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_model_load.c ${CMAKE_CURRENT_LIST_DIR}/conform.c
   ARGS ${LP_MODELS})
+lp_add_unit_test(test_threads
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_threads.c ${CMAKE_CURRENT_LIST_DIR}/conform.c
+  ARGS ${LP_MODELS})
