@@ -51,10 +51,13 @@ int lp_cmd_template(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
-    if (!json_object_get(vars, "bos_token"))
-        json_object_set_new(vars, "bos_token", bos ? json_string(bos) : json_null());
-    if (!json_object_get(vars, "eos_token"))
-        json_object_set_new(vars, "eos_token", eos ? json_string(eos) : json_null());
+    /* a token the tokenizer does not have stays undefined, as in transformers */
+    if (!json_object_get(vars, "bos_token") && bos)
+        json_object_set_new(vars, "bos_token", json_string(bos));
+    if (!json_object_get(vars, "eos_token") && eos)
+        json_object_set_new(vars, "eos_token", json_string(eos));
+    if (!json_object_get(vars, "documents"))
+        json_object_set_new(vars, "documents", json_null());
     if (!json_object_get(vars, "add_generation_prompt"))
         json_object_set_new(vars, "add_generation_prompt", json_false());
     if (!json_object_get(vars, "tools"))

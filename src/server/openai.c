@@ -794,8 +794,13 @@ static const char *render_chat(lp_server *s, json_t *r, char **out, size_t *out_
     if (json_is_boolean(v))
         agp = json_is_true(v);
     json_object_set_new(vars, "add_generation_prompt", json_boolean(agp));
-    json_object_set_new(vars, "bos_token", json_string(s->bos ? s->bos : ""));
-    json_object_set_new(vars, "eos_token", json_string(s->eos ? s->eos : ""));
+    /* as transformers: a token the tokenizer does not have is left undefined */
+    if (s->bos)
+        json_object_set_new(vars, "bos_token", json_string(s->bos));
+    if (s->eos)
+        json_object_set_new(vars, "eos_token", json_string(s->eos));
+    json_t *docs = json_object_get(r, "documents");
+    json_object_set(vars, "documents", docs ? docs : json_null());
     json_t *kw = json_object_get(r, "chat_template_kwargs");
     if (json_is_object(kw))
         json_object_update_missing(vars, kw);

@@ -34,6 +34,15 @@ static void frame_init(lp__ct_frame *f, lp__ct_frame *parent) {
     f->vals = f->ivals;
 }
 
+/* Scopes other than the root live in the arena: a macro keeps the scope it
+ * was defined in (a closure, as Python's), which may outlive its block. */
+static lp__ct_frame *frame_new(lp__ct_ctx *c, lp__ct_frame *parent) {
+    lp__ct_frame *f = lp__ct_alloc(&c->arena, sizeof *f);
+    if (f)
+        frame_init(f, parent);
+    return f;
+}
+
 static int frame_set(lp__ct_ctx *c, lp__ct_frame *f, int32_t sym, lp__val v) {
     for (uint32_t i = 0; i < f->n; i++) {
         if (f->syms[i] == sym) {
@@ -842,18 +851,34 @@ static int eval_args(lp__ct_ctx *c, const lp__node *n, lp__ct_args *a) {
     return LP_OK;
 }
 
-static int capture(lp__ct_ctx *c, const lp__node *body, lp__val *out) {
+/* Render body to a string in a scope of its own: block set and filter
+ * bodies do not leak their assignments (Jinja's frame.inner()); macro calls
+ * bring their own frame. */
+static int capture_in(lp__ct_ctx *c, const lp__node *body, bool new_scope,
+                      lp__val *out) {
     lp__ct_buf b;
     lp__ct_buf_init(&b, c->max_output, "max_output");
     lp__ct_buf *saved = c->out;
+    lp__ct_frame *saved_frame = c->frame;
+    if (new_scope) {
+        lp__ct_frame *fr = frame_new(c, c->frame);
+        if (!fr)
+            return lp__ct_oom(c);
+        c->frame = fr;
+    }
     c->out = &b;
     int rc = exec_node(c, body);
     c->out = saved;
+    c->frame = saved_frame;
     if (rc) {
         lp__ct_buf_free(&b);
         return rc;
     }
     return lp__ct_buf_to_str(c, &b, out);
+}
+
+static int capture(lp__ct_ctx *c, const lp__node *body, lp__val *out) {
+    return capture_in(c, body, true, out);
 }
 
 static int call_macro(lp__ct_ctx *c, const lp__node *at, const lp__ct_macro *m,
@@ -867,10 +892,11 @@ static int call_macro(lp__ct_ctx *c, const lp__node *at, const lp__ct_macro *m,
         return lp__ct_fail(c, at, LP_ERR_INVALID,
                            "macro '%.*s' takes not more than %u argument(s)",
                            (int)def->name_len, def->name, def->n);
-    lp__ct_frame fr;
-    frame_init(&fr, c->root);
+    lp__ct_frame *fr = frame_new(c, m->scope);
+    if (!fr)
+        return lp__ct_oom(c);
     lp__ct_frame *saved = c->frame;
-    c->frame = &fr;
+    c->frame = fr;
     c->macro_depth++;
     int rc = LP_OK;
     for (size_t k = 0; k < a->nkw && !rc; k++) {
@@ -908,10 +934,10 @@ static int call_macro(lp__ct_ctx *c, const lp__node *at, const lp__ct_macro *m,
             v.u.s.n = strlen(v.u.s.p);
         }
         if (!rc)
-            rc = frame_set(c, &fr, prm->sym, v);
+            rc = frame_set(c, fr, prm->sym, v);
     }
     if (!rc)
-        rc = capture(c, def->d, out);
+        rc = capture_in(c, def->d, false, out);
     c->macro_depth--;
     c->frame = saved;
     return rc;
@@ -1184,18 +1210,19 @@ static NOINLINE int exec_for(lp__ct_ctx *c, const lp__node *n) {
     lp__val it, seq;
     TRY(lp__ct_eval(c, n->b, &it));
     TRY(loop_seq(c, n, it, &seq));
-    lp__ct_frame fr;
-    frame_init(&fr, c->frame);
+    lp__ct_frame *fr = frame_new(c, c->frame);
+    if (!fr)
+        return lp__ct_oom(c);
     lp__ct_frame *saved = c->frame;
     int rc = LP_OK;
     if (n->c) { /* `for x in xs if cond`: filter first (Jinja filters lazily) */
         lp__val kept;
         rc = lp__ct_new_seq(c, LP__V_LIST, 0, &kept);
         int64_t len = lp__ct_len(seq);
-        c->frame = &fr;
+        c->frame = fr;
         for (int64_t i = 0; i < len && !rc; i++) {
             lp__val item = lp__ct_seq_at(seq, i), cond;
-            fr.n = 0;
+            fr->n = 0;
             rc = lp__ct_charge(c, 1);
             if (!rc)
                 rc = assign(c, n->a, item);
@@ -1210,15 +1237,9 @@ static NOINLINE int exec_for(lp__ct_ctx *c, const lp__node *n) {
         seq = kept;
     }
     int64_t len = lp__ct_len(seq);
-    if (len == 0) {
-        if (!n->e)
-            return LP_OK;
-        c->frame = &fr;
-        fr.n = 0;
-        rc = exec_node(c, n->e);
-        c->frame = saved;
-        return rc;
-    }
+    /* Jinja runs `else` unless some iteration reached the end of the body:
+     * an iteration left by break or continue does not count. */
+    bool completed = false;
     lp__ct_loop *L = lp__ct_calloc(c, sizeof *L);
     if (!L)
         return lp__ct_oom(c);
@@ -1228,25 +1249,31 @@ static NOINLINE int exec_for(lp__ct_ctx *c, const lp__node *n) {
     lv.t = LP__V_LOOP;
     lv.u.loop = L;
     c->loop_depth++;
-    c->frame = &fr;
+    c->frame = fr;
     for (int64_t i = 0; i < len && !rc; i++) {
         L->index0 = i;
-        fr.n = 0; /* a fresh scope per iteration, as in Jinja */
+        fr->n = 0; /* a fresh scope per iteration, as in Jinja */
         rc = lp__ct_charge(c, 1);
         if (!rc)
             rc = assign(c, n->a, lp__ct_seq_at(seq, i));
         if (!rc && c->t->sym_loop >= 0)
-            rc = frame_set(c, &fr, c->t->sym_loop, lv);
+            rc = frame_set(c, fr, c->t->sym_loop, lv);
         if (!rc)
             rc = exec_node(c, n->d);
+        if (!rc && c->ctl == CTL_NONE)
+            completed = true;
         if (c->ctl == CTL_BREAK) {
             c->ctl = CTL_NONE;
             break;
         }
         c->ctl = CTL_NONE;
     }
-    c->frame = saved;
     c->loop_depth--;
+    if (!rc && !completed && n->e) {
+        fr->n = 0;
+        rc = exec_node(c, n->e);
+    }
+    c->frame = saved;
     return rc;
 }
 
@@ -1277,6 +1304,7 @@ static NOINLINE int exec_macro(lp__ct_ctx *c, const lp__node *n) {
     if (!m)
         return lp__ct_oom(c);
     m->def = n;
+    m->scope = c->frame;
     lp__val v = lp__v_undef();
     v.t = LP__V_MACRO;
     v.u.mac = m;
@@ -1284,8 +1312,9 @@ static NOINLINE int exec_macro(lp__ct_ctx *c, const lp__node *n) {
 }
 
 static NOINLINE int exec_with(lp__ct_ctx *c, const lp__node *n) {
-    lp__ct_frame fr;
-    frame_init(&fr, c->frame);
+    lp__ct_frame *fr = frame_new(c, c->frame);
+    if (!fr)
+        return lp__ct_oom(c);
     lp__ct_frame *saved = c->frame;
     int rc = LP_OK;
     lp__val *vals = lp__ct_alloc_array(&c->arena, n->n ? n->n : 1, sizeof *vals);
@@ -1293,7 +1322,7 @@ static NOINLINE int exec_with(lp__ct_ctx *c, const lp__node *n) {
         return lp__ct_oom(c);
     for (uint32_t i = 0; i < n->n && !rc; i++)
         rc = lp__ct_eval(c, n->kids[i]->b, &vals[i]);
-    c->frame = &fr;
+    c->frame = fr;
     for (uint32_t i = 0; i < n->n && !rc; i++)
         rc = assign(c, n->kids[i]->a, vals[i]);
     if (!rc)

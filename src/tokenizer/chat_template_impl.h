@@ -173,8 +173,10 @@ typedef struct lp__ct_range {
 } lp__ct_range;
 
 struct lp__node;
+struct lp__ct_frame;
 typedef struct lp__ct_macro {
-    const struct lp__node *def; /* N_MACRO */
+    const struct lp__node *def;  /* N_MACRO */
+    struct lp__ct_frame *scope;  /* where it was defined: its closure */
 } lp__ct_macro;
 
 typedef struct lp__ct_method {

@@ -238,6 +238,17 @@ static void test_loops(void) {
     EXPECT("{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
            "{{ f(3) }}", NULL, "321");
     EXPECT("{% generation %}gen{% endgeneration %}", NULL, "gen");
+    /* Jinja's for-else: runs unless an iteration reached the end of the body */
+    EXPECT("{% for i in [1, 2] %}x{% else %}E{% endfor %}|"
+           "{% for i in [1, 2] %}{% continue %}{% else %}E{% endfor %}|"
+           "{% for i in [1, 2] %}{% if i == 2 %}{% break %}{% endif %}{% else %}E{% endfor %}|"
+           "{% for i in [1, 2] %}{% break %}{% else %}E{% endfor %}",
+           NULL, "xx|E||E");
+    /* block set and with bodies are scopes; macros close over theirs */
+    EXPECT("{% set blk %}{% set b = 1 %}{{ b }}{% endset %}[{{ blk }}][{{ b }}]"
+           "{% with a = 5 %}{% macro m() %}{{ a }}{% endmacro %}{{ m() }}{% endwith %}"
+           "{% for i in [1, 2] %}{% macro n() %}{{ i }}{% endmacro %}{{ n() }}{% endfor %}",
+           NULL, "[1][]512");
 }
 
 /* ---- expressions ---- */
