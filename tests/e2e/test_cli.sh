@@ -96,5 +96,21 @@ check "synth model generates" bash -c "'$bin' generate --model '$tmp/syn' --prom
 check "synth adapter generates" bash -c "'$bin' generate --model '$tmp/syn' --lora '$tmp/syn-lora' --prompt hello --max-tokens 4 >/dev/null"
 check "synth adapter inspect" bash -c "'$bin' inspect '$tmp/syn-lora' --model '$tmp/syn' | grep -q 'q_proj,v_proj'"
 
+# template: exactly the fixture's rendering, no newline added; a raising template fails
+python_free_case='{"messages":[{"role":"user","content":"Tell me a fortune about cats."}],"add_generation_prompt":true}'
+printf '%s' "$python_free_case" | "$bin" template --model models/tinylm >"$tmp/t.out"
+printf '<|im_start|>user\nTell me a fortune about cats.<|im_end|>\n<|im_start|>assistant\n' >"$tmp/t.want"
+check "template renders exactly" cmp -s "$tmp/t.out" "$tmp/t.want"
+mkdir -p "$tmp/raise"
+cp models/tinylm/config.json models/tinylm/tokenizer.json "$tmp/raise/"
+cat >"$tmp/raise/tokenizer_config.json" <<'JSON'
+{"chat_template": "{% if messages[0].role != \"user\" %}{{ raise_exception(\"Conversation must start with user\") }}{% endif %}ok"}
+JSON
+printf '{"messages":[{"role":"assistant","content":"x"}]}' | "$bin" template --model "$tmp/raise" >/dev/null 2>"$tmp/e"; rc=$?
+check "raising template exits 1" test $rc -eq 1
+check "raising template prints its message" grep -qx "Conversation must start with user" "$tmp/e"
+printf 'not json' | "$bin" template >/dev/null 2>&1; rc=$?
+check "template bad stdin exits 1" test $rc -eq 1
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
