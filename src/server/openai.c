@@ -900,6 +900,11 @@ static gen *build_gen(lp_server *s, bool chat, const char *body, size_t len, uns
         snprintf(msg, msgsz, "n: prompts x n must be at most %d", MAX_CHOICES);
         goto fail;
     }
+    if (p.echo && p.logprobs >= 0 && !chat) {
+        bad = "echo";
+        snprintf(msg, msgsz, "echo: log-probabilities of the prompt tokens (echo with logprobs) are not supported yet");
+        goto fail;
+    }
     g->stream = p.stream;
     g->include_usage = p.include_usage;
     g->echo = p.echo && !chat;

@@ -132,6 +132,7 @@ test('errors: status, type and param as OpenAI clients expect', async () => {
     [{ model: 'tinylm', prompt: 'x', logit_bias: { '99999': 1 } }, 'logit_bias'],
     [{ model: 'tinylm', prompt: 'x', temperature: 'hot' }, 'temperature'],
     [{ model: 7, prompt: 'x' }, 'model'],
+    [{ model: 'tinylm', prompt: 'x', echo: true, logprobs: 1 }, 'echo'],
   ];
   for (const [body, param] of cases) {
     const r = await post(srv.url + '/v1/completions', body);
