@@ -24,6 +24,16 @@ static uint64_t read_xcr0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+/* clang (14) knows no "f16c" for __builtin_cpu_supports: read CPUID.1:ECX. */
+static bool cpu_has_f16c(void) {
+#if defined(__clang__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+#else
+    return __builtin_cpu_supports("f16c");
+#endif
+}
+
 /* Bit mask of runnable ISAs (bit i = lp_isa i), computed once. */
 static unsigned g_supported;
 static bool g_has_bf16;
@@ -36,7 +46,7 @@ static void detect(void) {
     bool os_avx512 = (xcr0 & 0xe6) == 0xe6;  /* + opmask, ZMM_Hi256, Hi16_ZMM */
     unsigned mask = 1u << LP_ISA_SCALAR;
     bool avx2 = os_avx && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                __builtin_cpu_supports("f16c");
+                cpu_has_f16c();
     if (avx2)
         mask |= 1u << LP_ISA_AVX2;
     if (avx2 && os_avx512 && __builtin_cpu_supports("avx512f") &&
@@ -171,11 +181,11 @@ void lp__cpu_to_f32(float *dst, const void *src, lp_dtype t, int64_t n) {
  * Work split (all sizes in rows):
  *   super-panel: X rows packed at once, at most ~SUPER_BYTES of packed X
  *     (at least one panel), so scratch stays bounded for long prompts;
- *   panel (TB): X rows of one task, ~PANEL_BYTES of packed X, in [16, 64].
- *     The block kernel sweeps them in groups of 16 over the task's W rows,
- *     which are read from memory for the first group and from L2 for the
- *     others; never below 16, so a decode batch (T <= 16) reads every W row
- *     from memory once per call;
+ *   panel (TB): X rows of one task, ~PANEL_BYTES of packed X (kept in L2),
+ *     in [16, 64]. The block kernel runs every X tile of the panel over each
+ *     W tile: a W row is read from memory by the first and from L1/L2 by
+ *     the others. Never below 16, so a decode batch (T <= 16) reads every W
+ *     row from memory once per call;
  *   W block (NB): W rows per task, a multiple of 4 (the block kernels' row
  *     tile), sized to give every thread about four tasks.
  * Tasks = panels x W blocks, split statically over the threads. */

@@ -1,7 +1,7 @@
 /* kernels_avx2.c - AVX2 + FMA + F16C kernels: register tiles of 2 X rows x
  * 4 W rows of 8-lane fp32 accumulators; K tails of W go through a small
  * zero-padded buffer, so every step has the same shape. The blocking is that
- * of kernels_avx512.c (see the comment on block() there). */
+ * of kernels_avx512.c (see the comment on block_impl() there). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -10,9 +10,6 @@
 
 #define TR 2     /* X rows per register tile (16 ymm registers: 8 accumulators) */
 #define NR 4     /* W rows per register tile (N tails repeat the last row) */
-#define KC 256   /* K block of the many-row path */
-#define SUB_T 16 /* X rows whose K block (16 x KC x 4 B = 16 KiB) stays in L1 */
-#define SUB_N 32 /* W rows per saved-accumulator buffer (16 x 32 x 32 B) */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* Lane sums of a0..a3 as (s0, s1, s2, s3), one fixed tree for every output. */
@@ -70,17 +67,14 @@ ALWAYS_INLINE void f_step(const int tr, const bool f16, __m256 a[TR][NR], const 
     }
 }
 
-/* One register tile: tr X rows x NR W rows over kc elements of K. The
- * accumulators start at zero (first) or from acc (row stride ldacc vectors);
- * at the end they are saved back to acc (exact), or (last) reduced and
- * written (or added) to the nn first columns of Y. The last, partial step
- * reads W through zero-padded copies, so it has the same shape as the
- * others (X is zero-padded by the packing). Meanwhile the same span of `pf`
- * (the next tile's weights) is prefetched to L2. */
+/* One register tile: tr X rows x NR W rows over all of K; the accumulators
+ * are reduced and written (or added) to the nn first columns of Y. The
+ * last, partial step reads W through zero-padded copies, so it has the same
+ * shape as the others (X is zero-padded by the packing). Meanwhile the npf
+ * rows pf[] (the next W tile) are prefetched into L2. */
 ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, const float *X, int64_t ldx,
-                        const void *const w[NR], int64_t kc, const char *pf, __m256 *acc,
-                        int64_t ldacc, bool first, bool last, float *Y, int64_t ldy, int nn,
-                        bool accumulate) {
+                        const void *const w[NR], int64_t kc, const char *const pf[NR],
+                        int npf, float *Y, int64_t ldy, int nn, bool accumulate) {
     const int64_t step = wt == LP_DTYPE_BF16 ? 16 : 8;
     const size_t esz = wt == LP_DTYPE_F32 ? 4 : 2;
     __m256 a[TR][NR];
@@ -88,10 +82,11 @@ ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, const float *X, int64_t
     for (int t = 0; t < tr; t++)
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++)
-            a[t][n] = first ? _mm256_setzero_ps() : acc[t * ldacc + n];
+            a[t][n] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + step <= kc; k += step) {
-        _mm_prefetch(pf + (size_t)k * esz, _MM_HINT_T1);
+        for (int j = 0; j < npf; j++)
+            _mm_prefetch(pf[j] + (size_t)k * esz, _MM_HINT_T1);
         if (wt == LP_DTYPE_BF16)
             bf16_step(tr, a, X, ldx, k, w, k);
         else
@@ -109,14 +104,6 @@ ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, const float *X, int64_t
         else
             f_step(tr, wt == LP_DTYPE_F16, a, X, ldx, k, wb, 0);
     }
-    if (!last) {
-#pragma GCC unroll 2
-        for (int t = 0; t < tr; t++)
-#pragma GCC unroll 4
-            for (int n = 0; n < NR; n++)
-                acc[t * ldacc + n] = a[t][n];
-        return;
-    }
 #pragma GCC unroll 2
     for (int t = 0; t < tr; t++) {
         float r[4];
@@ -129,10 +116,10 @@ ALWAYS_INLINE void tile(const int tr, const lp_dtype wt, const float *X, int64_t
 
 /* One instantiation per dtype and tile height, so the accumulators stay in
  * registers. */
-#define TILE_ARGS X, ldx, w, kc, pf, acc, ldacc, first, last, Y, ldy, nn, accumulate
+#define TILE_ARGS X, ldx, w, kc, pf, npf, Y, ldy, nn, accumulate
 static void run_tile(lp_dtype wt, int tr, const float *X, int64_t ldx, const void *const w[NR],
-                     int64_t kc, const char *pf, __m256 *acc, int64_t ldacc, bool first,
-                     bool last, float *Y, int64_t ldy, int nn, bool accumulate) {
+                     int64_t kc, const char *const pf[NR], int npf, float *Y, int64_t ldy,
+                     int nn, bool accumulate) {
     if (wt == LP_DTYPE_BF16) {
         if (tr == 1)
             tile(1, LP_DTYPE_BF16, TILE_ARGS);
@@ -156,47 +143,21 @@ static void run_tile(lp_dtype wt, int tr, const float *X, int64_t ldx, const voi
 static void block(float *Y, int64_t ldy, const float *X, int64_t ldx, const void *W,
                   lp_dtype wt, int64_t ldw, int64_t T, int64_t N, int64_t K,
                   bool accumulate) {
-    const size_t esz = lp_dtype_size(wt);
-    const size_t row = (size_t)ldw * esz;
-    __m256 acc[SUB_T * SUB_N]; /* saved accumulators, (SUB_T, SUB_N) */
-    for (int64_t t0 = 0; t0 < T; t0 += SUB_T) {
-        int64_t tt = LP_MIN(SUB_T, T - t0);
-        for (int64_t n0 = 0; n0 < N; n0 += SUB_N) {
-            int64_t nsub = LP_MIN(SUB_N, N - n0);
-            const char *W0 = (const char *)W + (size_t)n0 * row;
-#define WROW(r) (W0 + (size_t)LP_MIN((r), nsub - 1) * row)
-            if (tt <= TR) {
-                for (int64_t nb = 0; nb < nsub; nb += NR) {
-                    const void *w[NR];
-                    for (int j = 0; j < NR; j++)
-                        w[j] = WROW(nb + j);
-                    const char *pf = nb + NR < nsub ? WROW(nb + NR) : (const char *)w[0];
-                    run_tile(wt, (int)tt, X + t0 * ldx, ldx, w, K, pf, acc, 0, true, true,
-                             Y + t0 * ldy + n0 + nb, ldy, (int)LP_MIN(NR, nsub - nb),
-                             accumulate);
-                }
-            } else {
-                for (int64_t kb = 0; kb < K; kb += KC)
-                    for (int64_t nb = 0; nb < nsub; nb += NR) {
-                        const void *w[NR];
-                        for (int j = 0; j < NR; j++)
-                            w[j] = WROW(nb + j) + (size_t)kb * esz;
-                        int64_t pn = nb + NR < nsub ? nb + NR : 0;
-                        int64_t pk = nb + NR < nsub ? kb : kb + KC;
-                        for (int64_t ti = 0; ti * TR < tt; ti++) {
-                            const char *pf = pk < K && pn + ti < nsub && ti < NR
-                                                 ? WROW(pn + ti) + (size_t)pk * esz
-                                                 : (const char *)w[0];
-                            run_tile(wt, (int)LP_MIN(TR, tt - ti * TR),
-                                     X + (t0 + ti * TR) * ldx + kb, ldx, w,
-                                     LP_MIN(KC, K - kb), pf, acc + ti * TR * SUB_N + nb,
-                                     SUB_N, kb == 0, kb + KC >= K,
-                                     Y + (t0 + ti * TR) * ldy + n0 + nb, ldy,
-                                     (int)LP_MIN(NR, nsub - nb), accumulate);
-                        }
-                    }
-            }
-#undef WROW
+    const size_t row = (size_t)ldw * lp_dtype_size(wt);
+    const int64_t m = (T + TR - 1) / TR; /* X tiles */
+    for (int64_t n0 = 0; n0 < N; n0 += NR) {
+        int nn = (int)LP_MIN(NR, N - n0);
+        const void *w[NR];
+        for (int j = 0; j < NR; j++)
+            w[j] = (const char *)W + (size_t)(n0 + LP_MIN(j, nn - 1)) * row;
+        int64_t next = LP_MIN(NR, N - n0 - NR); /* rows of the next W tile */
+        for (int64_t ti = 0; ti < m; ti++) {
+            const char *pf[NR];
+            int npf = 0;
+            for (int64_t r = ti; r < next; r += m)
+                pf[npf++] = (const char *)W + (size_t)(n0 + NR + r) * row;
+            run_tile(wt, (int)LP_MIN(TR, T - ti * TR), X + ti * TR * ldx, ldx, w, K, pf, npf,
+                     Y + ti * TR * ldy + n0, ldy, nn, accumulate);
         }
     }
 }
