@@ -170,22 +170,9 @@ int lp_adapter_merge(const lp_model *model, const lp_adapter *a, const char *out
         out_dtype != LP_DTYPE_BF16)
         return lp_error_set(err, LP_ERR_INVALID, "merge: output dtype must be bf16, f16 or f32");
     bool created = false;
-    if (lp__is_dir(out_dir)) {
-        DIR *d = opendir(out_dir);
-        struct dirent *e;
-        bool empty = true;
-        while (d && (e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                empty = false;
-        if (d)
-            closedir(d);
-        if (!empty)
-            return lp_error_set(err, LP_ERR_EXISTS, "%s: output directory exists and is not empty", out_dir);
-    } else if (mkdir(out_dir, 0755) != 0) {
-        return lp_error_set(err, LP_ERR_IO, "%s: cannot create: %s", out_dir, strerror(errno));
-    } else {
-        created = true;
-    }
+    int prc = lp__prepare_empty_dir(out_dir, &created, err);
+    if (prc)
+        return prc;
     lp_ckpt_writer *w = lp_ckpt_writer_new(out_dir, 0);
     int rc = w ? LP_OK : lp_error_set(err, LP_ERR_NOMEM, "out of memory");
     lp_dtype cfg_dtype = out_dtype != LP_DTYPE_INVALID ? out_dtype : model->embed.dtype;

@@ -88,23 +88,6 @@ static void *random_tensor(int64_t n, lp_dtype t, float mean, float std, uint64_
     return buf;
 }
 
-static int prepare_dir(const char *dir, lp_error *err) {
-    if (lp__is_dir(dir)) {
-        DIR *d = opendir(dir);
-        struct dirent *e;
-        bool empty = true;
-        while (d && (e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                empty = false;
-        if (d)
-            closedir(d);
-        return empty ? LP_OK : lp_error_set(err, LP_ERR_EXISTS, "%s: exists and is not empty", dir);
-    }
-    if (mkdir(dir, 0755) != 0)
-        return lp_error_set(err, LP_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
-    return LP_OK;
-}
-
 static int write_json(const char *dir, const char *name, json_t *obj, lp_error *err) {
     char *path = lp__path_join(dir, name);
     char *text = json_dumps(obj, JSON_INDENT(2));
@@ -132,7 +115,7 @@ int lp_synth_model(const lp_synth_params *p, const char *out_dir, const char *to
     int hd = p->head_dim ? p->head_dim : p->hidden / p->n_heads;
     if (hd < 2 || hd % 2)
         return lp_error_set(err, LP_ERR_INVALID, "synth: head_dim must be even");
-    int rc = prepare_dir(out_dir, err);
+    int rc = lp__prepare_empty_dir(out_dir, NULL, err);
     if (rc)
         return rc;
     const char *dt = p->dtype == LP_DTYPE_F32 ? "float32" : p->dtype == LP_DTYPE_F16 ? "float16" : "bfloat16";
@@ -223,7 +206,7 @@ int lp_synth_adapter(const lp_model *model, const lp_synth_adapter_params *p, co
     const lp_model_config *c = &model->cfg;
     if (p->rank < 1 || !p->targets)
         return lp_error_set(err, LP_ERR_INVALID, "synth adapter: rank must be positive and a target given");
-    int rc = prepare_dir(out_dir, err);
+    int rc = lp__prepare_empty_dir(out_dir, NULL, err);
     if (rc)
         return rc;
     lp_ckpt_writer *w = lp_ckpt_writer_new(out_dir, 0);

@@ -1,6 +1,7 @@
 /* util.c - checked allocation, bounded file I/O, paths, half floats. */
 #include "util/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -105,6 +106,27 @@ int lp__write_file_atomic(const char *path, const void *data, size_t len,
 out:
     free(tmp);
     return rc;
+}
+
+int lp__prepare_empty_dir(const char *dir, bool *created, lp_error *err) {
+    if (created)
+        *created = false;
+    if (lp__is_dir(dir)) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        bool empty = true;
+        while (d && (e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                empty = false;
+        if (d)
+            closedir(d);
+        return empty ? LP_OK : lp_error_set(err, LP_ERR_EXISTS, "%s: output directory exists and is not empty", dir);
+    }
+    if (mkdir(dir, 0755) != 0)
+        return lp_error_set(err, LP_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    if (created)
+        *created = true;
+    return LP_OK;
 }
 
 char *lp__path_join(const char *dir, const char *name) {

@@ -38,6 +38,10 @@ int lp__read_file(const char *path, size_t max_bytes, char **out, size_t *len,
 int lp__write_file_atomic(const char *path, const void *data, size_t len,
                           lp_error *err);
 
+/* An output directory: created if absent (*created = true), accepted if it
+ * exists and is empty, refused (LP_ERR_EXISTS) otherwise. created may be NULL. */
+int lp__prepare_empty_dir(const char *dir, bool *created, lp_error *err);
+
 /* Join dir and name into a heap string "dir/name"; NULL on OOM. */
 char *lp__path_join(const char *dir, const char *name);
 bool lp__file_exists(const char *path);
