@@ -8,8 +8,8 @@
 #include "backend/cpu/kernels.h"
 #include "util/util.h"
 
-#define TR 2     /* X rows per register tile (16 ymm registers: 8 accumulators) */
-#define NR 4     /* W rows per register tile (N tails repeat the last row) */
+#define TR 2 /* X rows per register tile (16 ymm registers: 8 accumulators) */
+#define NR 4 /* W rows per register tile (N tails repeat the last row) */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* Lane sums of a0..a3 as (s0, s1, s2, s3), one fixed tree for every output. */

@@ -38,7 +38,7 @@ ALWAYS_INLINE __mmask16 tail_mask16(int64_t left) {
  *         then the 16 odd). Two shift/and per W row per 32 elements, no
  *         shuffles, exact fp32 products.
  *  DPBF16 vdpbf16ps multiplies bf16 by bf16, so X is split as x = hi + lo,
- *         hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-17 |x|), and
+ *         hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-16 |x|), and
  *         each step issues two dot products. Packed X per 32 elements: the
  *         32 hi, then the 32 lo (as bf16).
  *  F16    vcvtph2ps, 16 per step.   F32  plain loads, 16 per step. */
