@@ -51,7 +51,7 @@ typedef struct gen {
     /* streaming */
     char *out;
     size_t out_len, out_pos, out_cap;
-    bool role_sent[MAX_CHOICES];
+    bool role_sent[MAX_CHOICES];    /* chat: the role delta; completions: the echoed prompt */
     bool done_sent;
     struct MHD_Connection *conn;
 } gen;
@@ -382,6 +382,11 @@ static bool stream_fill(gen *g) {
         int ntok = c->consumed;
         bool text_new = ready > c->emitted;
         bool lp_new = g->logprobs >= 0 && ntok > c->logprob_emitted && (c->finished || text_new);
+        if (g->echo && !g->role_sent[i]) { /* echo: the prompt text comes first */
+            const char *et = g->echo_text[c->prompt_index] ? g->echo_text[c->prompt_index] : "";
+            sse(g, chunk(g, json_pack("[{s:i,s:s,s:n,s:n}]", "index", i, "text", et, "logprobs", "finish_reason")));
+            g->role_sent[i] = true;
+        }
         if (g->chat && !g->role_sent[i]) {
             sse(g, chunk(g, json_pack("[{s:i,s:{s:s,s:s},s:n,s:n}]", "index", i, "delta", "role", "assistant",
                                       "content", "", "logprobs", "finish_reason")));

@@ -43,6 +43,10 @@ test('completions: token-id prompt, n, echo, seed determinism', async () => {
   assert.strictEqual(r.choices[0].text, ' e n o t s\n');
   const e = await client.completions.create({ model: 'reverse', prompt: 'Reverse the letters: s t o n e\nAnswer:', max_tokens: 12, temperature: 0, echo: true });
   assert.strictEqual(e.choices[0].text, 'Reverse the letters: s t o n e\nAnswer: e n o t s\n');
+  const es = await client.completions.create({ model: 'reverse', prompt: 'Reverse the letters: s t o n e\nAnswer:', max_tokens: 12, temperature: 0, echo: true, stream: true });
+  let etext = '';
+  for await (const ch of es) for (const c of ch.choices) etext += c.text;
+  assert.strictEqual(etext, 'Reverse the letters: s t o n e\nAnswer: e n o t s\n');
   const n = await client.completions.create({ model: 'tinylm', prompt: 'The computer', max_tokens: 16, temperature: 1.0, n: 3, seed: 5 });
   assert.strictEqual(n.choices.length, 3);
   const n2 = await client.completions.create({ model: 'tinylm', prompt: 'The computer', max_tokens: 16, temperature: 1.0, n: 3, seed: 5 });
