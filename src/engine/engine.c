@@ -26,6 +26,7 @@ typedef struct seq {
     int n_registered;        /* full blocks registered in the prefix cache */
     bool cacheable;
     uint64_t cache_key;
+    int prompt_lp_next;      /* next prompt index whose logprob is to be reported */
     seq_state state;
     bool aborted;
     lp_rng rng;
@@ -39,6 +40,7 @@ struct lp_engine {
     int vocab;
     int max_blocks;          /* per sequence */
     lp_kvpool *kv;           /* block allocator + prefix cache */
+    int max_logit_rows;      /* logits vectors one forward may return */
     seq *waiting, *running;  /* FIFO lists (arrival order) */
     int n_waiting, n_running;
     uint64_t next_id;
@@ -106,7 +108,8 @@ int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine
     }
     e->max_blocks = (e->p.max_model_len + bp->block_size - 1) / bp->block_size;
     e->kv = lp_kvpool_new(bp->n_kv_blocks, bp->block_size);
-    e->logits = lp__malloc_array((size_t)e->p.max_num_seqs * (size_t)e->vocab, sizeof(float));
+    e->max_logit_rows = bp->max_logit_rows;
+    e->logits = lp__malloc_array((size_t)e->max_logit_rows * (size_t)e->vocab, sizeof(float));
     e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
     e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
     e->sampler = lp_sampler_new(e->vocab);
@@ -244,7 +247,9 @@ int lp_engine_submit(lp_engine *e, const lp_request *req, uint64_t *id_out, lp_e
     s->req.stop_ids = s->stop_ids;
     s->req.sampling.logit_bias = s->bias;
     s->n_prompt = s->n_tokens = req->n_prompt;
-    s->cacheable = req->adapter < 0 || req->cache_key != 0;
+    s->prompt_lp_next = 1;
+    /* prompt logprobs need every prompt position computed here: no prefix cache */
+    s->cacheable = (req->adapter < 0 || req->cache_key != 0) && !req->prompt_logprobs;
     s->cache_key = req->adapter < 0 ? 0 : req->cache_key;
     s->id = e->next_id++;
     uint64_t seed = req->sampling.has_seed ? req->sampling.seed
@@ -388,7 +393,7 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         e->n_running++;
     }
     /* build the batch: decode rows (1 token) first, then prefill chunks */
-    int n_rows = 0, budget = e->p.max_num_batched_tokens;
+    int n_rows = 0, budget = e->p.max_num_batched_tokens, logit_rows = 0;
     for (int phase = 0; phase < 2 && budget > 0; phase++) {
         for (seq *s = e->running; s && budget > 0; s = s->next) {
             int pending = s->n_tokens - s->n_computed;
@@ -396,6 +401,14 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
             if (decode != (phase == 0))
                 continue;
             int chunk = LP_MIN(pending, budget);
+            bool all = s->req.prompt_logprobs && s->n_computed < s->n_prompt;
+            if (all) { /* one logits vector per token: keep one for every other row */
+                int reserve = e->n_running - n_rows - 1;
+                int cap = e->max_logit_rows - logit_rows - (reserve > 0 ? reserve : 0);
+                if (cap < 1)
+                    continue;
+                chunk = LP_MIN(chunk, cap);
+            }
             while (!grow_blocks(e, s, s->n_computed + chunk)) {
                 if (!preempt_one(e, s)) {
                     /* alone and still out of blocks: shrink the chunk */
@@ -415,7 +428,8 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
             r->blocks = s->blocks;
             r->adapter = s->req.adapter;
             r->adapter_scale = s->req.adapter_scale;
-            r->logits = s->n_computed + chunk == s->n_tokens ? LP_LOGITS_LAST : LP_LOGITS_NONE;
+            r->logits = all ? LP_LOGITS_ALL : s->n_computed + chunk == s->n_tokens ? LP_LOGITS_LAST : LP_LOGITS_NONE;
+            logit_rows += r->logits == LP_LOGITS_ALL ? chunk : r->logits == LP_LOGITS_LAST;
             e->row_seq[n_rows++] = s;
             budget -= chunk;
         }
@@ -457,10 +471,31 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
     int li = 0;
     for (int i = 0; i < n_rows; i++) {
         seq *s = e->row_seq[i];
-        s->n_computed += e->rows[i].n_tokens;
+        const lp_batch_row *row = &e->rows[i];
+        s->n_computed += row->n_tokens;
         register_blocks(e, s);
-        if (e->rows[i].logits != LP_LOGITS_LAST)
+        if (row->logits == LP_LOGITS_NONE)
             continue;
+        if (row->logits == LP_LOGITS_ALL) {
+            /* position p's logits give the logprob of prompt token p + 1 */
+            int k = s->req.logprobs > 0 ? s->req.logprobs : 0;
+            for (int q = 0; q < row->n_tokens; q++) {
+                int next = row->pos0 + q + 1;
+                if (next < s->n_prompt && next >= s->prompt_lp_next) {
+                    const float *pl = e->logits + (size_t)(li + q) * (size_t)e->vocab;
+                    lp_token_event pe = {.req_id = s->id, .token = s->tokens[next], .prompt = true, .top = e->top,
+                                         .n_top = k, .n_prompt = s->n_prompt};
+                    pe.logprob = lp_logprobs(pl, e->vocab, s->tokens[next], k, e->top);
+                    s->prompt_lp_next = next + 1;
+                    if (s->req.cb)
+                        s->req.cb(s->req.ud, &pe);
+                }
+            }
+            li += row->n_tokens;
+            if (s->n_computed < s->n_tokens)
+                continue; /* a prefill chunk that does not end the prompt */
+            li--;         /* the last position's logits also give the next token */
+        }
         float *lg = e->logits + (size_t)(li++) * (size_t)e->vocab;
         lp_token_event ev = {.req_id = s->id};
         /* logprobs of the raw logits, before the sampler modifies them */

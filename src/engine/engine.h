@@ -44,6 +44,7 @@ typedef struct lp_token_event {
     int n_top;
     lp_finish_reason finish;        /* != NONE on the request's last event */
     int n_prompt, n_output;         /* counts so far */
+    bool prompt;                    /* token is a prompt token (prompt_logprobs), not generated */
     const char *error;              /* message when finish == LP_FINISH_ERROR */
 } lp_token_event;
 
@@ -58,6 +59,8 @@ typedef struct lp_request {
     const int32_t *stop_ids;      /* extra stop token ids (copied) */
     int n_stop_ids;
     int logprobs;                 /* -1: none; k in [0, LP_MAX_TOP_LOGPROBS]: chosen + k top */
+    bool prompt_logprobs;         /* also report the logprob (and max(logprobs,0) top) of every
+                                     prompt token after the first, as LP events with prompt=true */
     int adapter;                  /* backend adapter slot, -1 = base */
     float adapter_scale;
     uint64_t cache_key;           /* identity of the adapter weights and scale for prefix

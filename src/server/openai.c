@@ -179,7 +179,7 @@ static json_t *bytes_of(const char *s, size_t n) {
 }
 
 /* Logprobs objects for tokens [from, to) of a choice. */
-static json_t *logprobs_json(gen *g, choice *c, int from, int to, size_t text_offset0) {
+static json_t *logprobs_json(gen *g, choice *c, int from, int to, size_t text_offset0, bool with_prompt) {
     lp_job *j = c->job;
     int k = j->req.logprobs;
     if (g->chat) {
@@ -203,6 +203,30 @@ static json_t *logprobs_json(gen *g, choice *c, int from, int to, size_t text_of
     }
     json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     size_t off = text_offset0;
+    if (with_prompt && j->prompt_lp) { /* the prompt tokens first, the first without a logprob */
+        off = 0;
+        for (int t = 0; t < j->n_prompt; t++) {
+            json_t *tok = token_string(g->s, j->prompt[t]);
+            json_array_append_new(offs, json_integer((json_int_t)off));
+            off += strlen(json_string_value(tok));
+            json_array_append_new(tokens, tok);
+            if (t == 0) {
+                json_array_append_new(lps, json_null());
+                json_array_append_new(tops, json_null());
+                continue;
+            }
+            json_array_append_new(lps, json_real(j->prompt_lp[t]));
+            json_t *top = json_object();
+            for (int i = 0; i < k; i++) {
+                lp_token_logprob *tp = &j->prompt_top[(size_t)t * (size_t)k + (size_t)i];
+                json_t *tt = token_string(g->s, tp->id);
+                json_object_set_new(top, json_string_value(tt), json_real(tp->logprob));
+                json_decref(tt);
+            }
+            json_array_append_new(tops, top);
+        }
+        off = text_offset0;
+    }
     for (int t = from; t < to; t++) {
         json_t *tok = token_string(g->s, j->tokens[t]);
         json_array_append_new(offs, json_integer((json_int_t)off));
@@ -326,8 +350,9 @@ static enum MHD_Result respond_whole(gen *g) {
         choice *c = &g->ch[i];
         json_t *lp = json_null();
         if (g->logprobs >= 0)
-            lp = logprobs_json(g, c, 0, c->job->n_tokens, g->echo && g->echo_text[c->prompt_index]
-                                                              ? strlen(g->echo_text[c->prompt_index]) : 0);
+            lp = logprobs_json(g, c, 0, c->job->n_tokens,
+                               g->echo && g->echo_text[c->prompt_index] ? strlen(g->echo_text[c->prompt_index]) : 0,
+                               g->echo);
         if (g->chat) {
             json_array_append_new(choices, json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", i, "message", "role",
                                                      "assistant", "content", c->text ? c->text : "", c->len,
@@ -383,8 +408,16 @@ static bool stream_fill(gen *g) {
         bool text_new = ready > c->emitted;
         bool lp_new = g->logprobs >= 0 && ntok > c->logprob_emitted && (c->finished || text_new);
         if (g->echo && !g->role_sent[i]) { /* echo: the prompt text comes first */
+            pthread_mutex_lock(&c->job->mu);
+            bool lp_ready = !c->job->prompt_lp || c->job->prompt_lp_done >= c->job->n_prompt || c->job->done;
+            pthread_mutex_unlock(&c->job->mu);
+            if (!lp_ready) { /* its logprobs come with it: wait for the prefill */
+                all = false;
+                continue;
+            }
             const char *et = g->echo_text[c->prompt_index] ? g->echo_text[c->prompt_index] : "";
-            sse(g, chunk(g, json_pack("[{s:i,s:s,s:n,s:n}]", "index", i, "text", et, "logprobs", "finish_reason")));
+            json_t *lp = g->logprobs >= 0 ? logprobs_json(g, c, 0, 0, 0, true) : json_null();
+            sse(g, chunk(g, json_pack("[{s:i,s:s,s:o,s:n}]", "index", i, "text", et, "logprobs", lp, "finish_reason")));
             g->role_sent[i] = true;
         }
         if (g->chat && !g->role_sent[i]) {
@@ -393,7 +426,8 @@ static bool stream_fill(gen *g) {
             g->role_sent[i] = true;
         }
         if (text_new || lp_new) {
-            json_t *lp = lp_new ? logprobs_json(g, c, c->logprob_emitted, ntok, c->emitted) : json_null();
+            size_t off0 = c->emitted + (g->echo && g->echo_text[c->prompt_index] ? strlen(g->echo_text[c->prompt_index]) : 0);
+            json_t *lp = lp_new ? logprobs_json(g, c, c->logprob_emitted, ntok, off0, false) : json_null();
             if (lp_new)
                 c->logprob_emitted = ntok;
             json_t *piece = json_stringn_nocheck(c->text + c->emitted, ready - c->emitted);
@@ -905,11 +939,6 @@ static gen *build_gen(lp_server *s, bool chat, const char *body, size_t len, uns
         snprintf(msg, msgsz, "n: prompts x n must be at most %d", MAX_CHOICES);
         goto fail;
     }
-    if (p.echo && p.logprobs >= 0 && !chat) {
-        bad = "echo";
-        snprintf(msg, msgsz, "echo: log-probabilities of the prompt tokens (echo with logprobs) are not supported yet");
-        goto fail;
-    }
     g->stream = p.stream;
     g->include_usage = p.include_usage;
     g->echo = p.echo && !chat;
@@ -948,6 +977,18 @@ static gen *build_gen(lp_server *s, bool chat, const char *body, size_t len, uns
                 j->req.sampling.seed = p.sp.seed + (uint64_t)k;
             j->req.ignore_eos = p.ignore_eos;
             j->req.logprobs = p.logprobs;
+            if (p.echo && p.logprobs >= 0 && !chat) { /* prompt-token logprobs too */
+                int kk = p.logprobs > 0 ? p.logprobs : 0;
+                j->req.prompt_logprobs = true;
+                j->prompt_lp = lp__calloc_array((size_t)lens[i], sizeof(float));
+                j->prompt_top = lp__calloc_array((size_t)lens[i] * (size_t)(kk ? kk : 1), sizeof(lp_token_logprob));
+                if (!j->prompt_lp || !j->prompt_top) {
+                    status = 500;
+                    bad = "";
+                    snprintf(msg, msgsz, "out of memory");
+                    goto fail;
+                }
+            }
             j->req.adapter_scale = p.adapter_scale;
             if (p.n_bias) {
                 j->bias = lp__malloc_array((size_t)p.n_bias, sizeof(lp_logit_bias));

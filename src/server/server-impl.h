@@ -45,6 +45,9 @@ typedef struct lp_job {
     float *logprob;                 /* per token, when req.logprobs >= 0 */
     lp_token_logprob *top;          /* per token x req.logprobs */
     int n_tokens, cap;
+    float *prompt_lp;               /* (n_prompt) logprob of prompt token i, [0] unused (echo + logprobs) */
+    lp_token_logprob *prompt_top;   /* (n_prompt x req.logprobs) */
+    int prompt_lp_done;             /* prompt tokens reported so far (index of the next) */
     lp_finish_reason finish;
     bool done;
     int http_status;                /* error status when finish == ERROR before running */

@@ -52,6 +52,8 @@ void lp__job_unref(lp_job *j) {
     free(j->tokens);
     free(j->logprob);
     free(j->top);
+    free(j->prompt_lp);
+    free(j->prompt_top);
     free(j);
 }
 
@@ -158,6 +160,20 @@ static void on_event(void *ud, const lp_token_event *ev) {
     lp_job *j = ud;
     lp_server *s = j->server;
     double now = lp__now();
+    if (ev->prompt) { /* a prompt token's logprob (echo + logprobs) */
+        pthread_mutex_lock(&j->mu);
+        int k = j->req.logprobs > 0 ? j->req.logprobs : 0;
+        int idx = j->prompt_lp_done > 0 ? j->prompt_lp_done : 1;
+        if (j->prompt_lp && idx < j->n_prompt) {
+            j->prompt_lp[idx] = ev->logprob;
+            for (int i = 0; i < k && i < ev->n_top; i++)
+                j->prompt_top[(size_t)idx * (size_t)k + (size_t)i] = ev->top[i];
+            j->prompt_lp_done = idx + 1;
+        }
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->mu);
+        return;
+    }
     if (ev->token >= 0) {
         pthread_mutex_lock(&j->mu);
         if (j->n_tokens == j->cap) {

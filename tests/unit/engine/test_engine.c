@@ -18,10 +18,20 @@ typedef struct out {
     int32_t tok[MAXN];
     int n;
     lp_finish_reason fin;
+    float plp[128];   /* prompt logprobs (prompt_logprobs) */
+    int32_t ptok[128];
+    int np;
 } out;
 
 static void cb(void *ud, const lp_token_event *ev) {
     out *o = ud;
+    if (ev->prompt) {
+        if (o->np < 128) {
+            o->ptok[o->np] = ev->token;
+            o->plp[o->np++] = ev->logprob;
+        }
+        return;
+    }
     if (ev->token >= 0 && o->n < MAXN)
         o->tok[o->n++] = ev->token;
     if (ev->finish)
@@ -249,6 +259,41 @@ int main(int argc, char **argv) {
         lp_sampling_params sp = lp_sampling_default_params();
         sp.top_p = 1.5f;
         CHECK(lp_sampling_params_check(&sp, 5, &err) == LP_ERR_RANGE && strstr(err.msg, "top_p"));
+    }
+    /* 6. prompt logprobs: every prompt token after the first, the same when
+     * the prompt is split over many steps by a small logits budget, next to
+     * other rows (the e2e test compares them with generated logprobs) */
+    {
+        out big = {0}, small = {0}, other = {0}, gen = {0};
+        lp_backend_params bp = lp_backend_default_params();
+        bp.n_kv_blocks = 64;
+        bp.max_adapters = 1;
+        for (int pass = 0; pass < 2; pass++) {
+            bp.max_logit_rows = pass ? 5 : 64;
+            bp.max_rows = pass ? 5 : 16;
+            lp_backend *be = NULL;
+            CHECK(lp_backend_cpu_new(g_m, &bp, &be, &err) == LP_OK);
+            lp_engine *e = engine(be, true);
+            lp_request r = request(3, 60, 4, -1, pass ? &small : &big);
+            r.prompt_logprobs = true;
+            r.logprobs = 2;
+            CHECK(lp_engine_submit(e, &r, NULL, &err) == LP_OK);
+            if (pass) {
+                lp_request o = request(4, 30, 8, -1, &other);
+                CHECK(lp_engine_submit(e, &o, NULL, &err) == LP_OK);
+            }
+            run_all(e);
+            lp_engine_free(e);
+            lp_backend_free(be);
+        }
+        CHECK(big.np == 59 && small.np == 59);
+        int eq = big.np == small.np;
+        for (int i = 0; eq && i < big.np; i++)
+            eq = big.ptok[i] == g_prompts[3][i + 1] && fabsf(big.plp[i] - small.plp[i]) < 1e-5f && big.plp[i] <= 0;
+        CHECKF(eq, "prompt logprobs differ between one step and many");
+        CHECK(big.n == 4 && small.n == 4 && same(&big, &small));
+        (void)gen;
+        printf("prompt logprobs: %d tokens, identical in 1 and many steps\n", big.np);
     }
     lp_adapter_free(g_ad);
     lp_model_free(g_m);
