@@ -115,17 +115,10 @@ static int rx_match(const lp__pattern *p, lp__rx *rx, const char *s, size_t n,
 }
 
 int lp__spans_push(lp__spans *s, size_t start, size_t end, bool match) {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 32;
-        lp__span *v = lp__malloc_array(cap, sizeof *v);
-        if (!v)
-            return LP_ERR_NOMEM;
-        if (s->n)
-            memcpy(v, s->v, s->n * sizeof *v);
-        free(s->v);
-        s->v = v;
-        s->cap = cap;
-    }
+    void *v = s->v;
+    if (lp__array_grow(&v, s->n, &s->cap, sizeof *s->v, 32))
+        return LP_ERR_NOMEM;
+    s->v = v;
     s->v[s->n++] = (lp__span){start, end, match};
     return LP_OK;
 }

@@ -816,17 +816,10 @@ typedef struct apieces {
 } apieces;
 
 static int apieces_push(apieces *p, size_t start, size_t end, int32_t id) {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 16;
-        apiece *v = lp__malloc_array(cap, sizeof *v);
-        if (!v)
-            return LP_ERR_NOMEM;
-        if (p->n)
-            memcpy(v, p->v, p->n * sizeof *v);
-        free(p->v);
-        p->v = v;
-        p->cap = cap;
-    }
+    void *v = p->v;
+    if (lp__array_grow(&v, p->n, &p->cap, sizeof *p->v, 16))
+        return LP_ERR_NOMEM;
+    p->v = v;
     p->v[p->n++] = (apiece){start, end, id};
     return LP_OK;
 }

@@ -24,6 +24,20 @@ void *lp__calloc_array(size_t n, size_t size) {
     return calloc(total ? n : 1, total ? size : 1);
 }
 
+int lp__array_grow(void **v, size_t n, size_t *cap, size_t elem, size_t min_cap) {
+    if (n < *cap)
+        return LP_OK;
+    size_t nc = *cap ? *cap * 2 : min_cap, bytes;
+    if (nc <= n || !lp__mul_size(nc, elem, &bytes))
+        return LP_ERR_NOMEM;
+    void *p = realloc(*v, bytes);
+    if (!p)
+        return LP_ERR_NOMEM;
+    *v = p;
+    *cap = nc;
+    return LP_OK;
+}
+
 int lp__read_file(const char *path, size_t max_bytes, char **out, size_t *len,
                   lp_error *err) {
     *out = NULL;

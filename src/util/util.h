@@ -29,6 +29,11 @@ static inline bool lp__mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
 void *lp__malloc_array(size_t n, size_t size);
 void *lp__calloc_array(size_t n, size_t size);
 
+/* Make room for one more element in a growable array (*v holding n of
+ * `elem` bytes, capacity *cap): doubles the capacity, starting at min_cap,
+ * with the size checked. LP_ERR_NOMEM (and *v untouched) on failure. */
+int lp__array_grow(void **v, size_t n, size_t *cap, size_t elem, size_t min_cap);
+
 /* Read a whole file into a NUL-terminated heap buffer of at most `max_bytes`
  * (plus the NUL). Caller frees *out. Errors name the path. */
 int lp__read_file(const char *path, size_t max_bytes, char **out, size_t *len,
