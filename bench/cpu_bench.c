@@ -4,9 +4,11 @@
  * every speed as a ratio to those floors or to the base model.
  *
  *   cpu_bench machine
- *   cpu_bench decode MODEL_DIR [--batch 1,16] [--steps N]
+ *   cpu_bench decode MODEL_DIR [--batch 1,16] [--steps N] [--device cpu|cuda]
  *   cpu_bench prefill MODEL_DIR [--tokens N]
- *   cpu_bench lora MODEL_DIR ADAPTER_DIR... [--rows 16] [--steps N]
+ *   cpu_bench lora MODEL_DIR ADAPTER_DIR... [--rows 16] [--steps N] [--device cpu|cuda]
+ * --device (default cpu) picks the backend decode and lora time (lp_backend_new),
+ * so the GPU bench scripts use the same driver; the machine floors stay the CPU's.
  * Output: one JSON object per measurement on stdout. */
 #include <immintrin.h>
 #include <math.h>
@@ -169,7 +171,8 @@ typedef struct runner {
     int nb_per_row;
 } runner;
 
-static int runner_init(runner *r, const char *model_dir, int rows, int ctx, int max_tokens, lp_error *err) {
+static int runner_init(runner *r, const char *model_dir, const char *device, int rows, int ctx, int max_tokens,
+                       lp_error *err) {
     memset(r, 0, sizeof *r);
     if (lp_model_load(model_dir, &r->m, NULL, NULL, err))
         return -1;
@@ -183,7 +186,7 @@ static int runner_init(runner *r, const char *model_dir, int rows, int ctx, int 
     bp.max_adapters = 64;
     r->rows_cap = rows;
     r->ctx = ctx;
-    if (lp_backend_cpu_new(r->m, &bp, &r->be, err))
+    if (lp_backend_new(device, r->m, &bp, &r->be, err))
         return -1;
     r->blocks = malloc(sizeof(int32_t) * (size_t)bp.n_kv_blocks);
     for (int i = 0; i < bp.n_kv_blocks; i++)
@@ -246,8 +249,8 @@ static void parse_list(const char *s, int *v, int *n) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: cpu_bench machine | decode MODEL [--batch 1,16] [--steps N] | prefill MODEL "
-                        "[--tokens N] | lora MODEL ADAPTER... [--rows N] [--steps N]\n");
+        fprintf(stderr, "usage: cpu_bench machine | decode MODEL [--batch 1,16] [--steps N] [--device D] | "
+                        "prefill MODEL [--tokens N] | lora MODEL ADAPTER... [--rows N] [--steps N] [--device D]\n");
         return 2;
     }
     lp_error err = {0};
@@ -255,6 +258,7 @@ int main(int argc, char **argv) {
     int batches[16] = {1, 16}, n_batches = 2, steps = 16, tokens = 256, rows = 16;
     const char *model = argc > 2 ? argv[2] : NULL;
     const char *adapters[64];
+    const char *device = "cpu";
     int n_adapters = 0;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc)
@@ -265,6 +269,8 @@ int main(int argc, char **argv) {
             tokens = (int)strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--rows") && i + 1 < argc)
             rows = (int)strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            device = argv[++i];
         else if (n_adapters < 64)
             adapters[n_adapters++] = argv[i];
     }
@@ -279,12 +285,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cpu_bench: %s needs MODEL_DIR\n", mode);
         return 2;
     }
+    if (strcmp(device, "cpu") && strcmp(mode, "decode") && strcmp(mode, "lora")) {
+        fprintf(stderr, "cpu_bench: --device %s: only decode and lora run on other devices\n", device);
+        return 2;
+    }
     runner r;
     int max_rows = 1;
     for (int i = 0; i < n_batches; i++)
         max_rows = LP_MAX(max_rows, batches[i]);
     max_rows = LP_MAX(max_rows, rows);
-    if (runner_init(&r, model, max_rows, 64 + steps + tokens, LP_MAX(tokens, 64), &err)) {
+    if (runner_init(&r, model, device, max_rows, 64 + steps + tokens, LP_MAX(tokens, 64), &err)) {
         fprintf(stderr, "cpu_bench: %s\n", err.msg);
         return 1;
     }
@@ -306,9 +316,10 @@ int main(int argc, char **argv) {
                 return 1;
             }
             double wbps = wbytes * tps / batches[b];
-            printf("{\"what\":\"decode\",\"model\":\"%s\",\"batch\":%d,\"tokens_per_s\":%.2f,"
+            printf("{\"what\":\"decode\",\"model\":\"%s\",\"device\":\"%s\",\"batch\":%d,\"tokens_per_s\":%.2f,"
                    "\"weight_bytes\":%.0f,\"weight_GBps\":%.3f,\"copy_bw_GBps\":%.3f,\"ratio_to_bw\":%.3f}\n",
-                   model, batches[b], tps, wbytes, wbps / 1e9, copy_bw / 1e9, wbps / copy_bw);
+                   model, lp_backend_resolve(device), batches[b], tps, wbytes, wbps / 1e9, copy_bw / 1e9,
+                   wbps / copy_bw);
         }
     } else if (!strcmp(mode, "prefill")) {
         lp_batch_row br = {.tokens = g_prompt, .n_tokens = tokens, .pos0 = 0, .blocks = r.blocks, .adapter = -1,
@@ -372,9 +383,11 @@ int main(int argc, char **argv) {
             if (k == 0)
                 base_tps = tps;
             double predicted = wbytes / (wbytes + cfgs[k].n_distinct * adapter_bytes);
-            printf("{\"what\":\"lora\",\"config\":\"%s\",\"rows\":%d,\"adapters\":%d,\"tokens_per_s\":%.2f,"
-                   "\"ratio_to_base\":%.3f,\"bytes_roofline_ratio\":%.3f,\"adapter_bytes\":%.0f,\"weight_bytes\":%.0f}\n",
-                   cfgs[k].name, rows, cfgs[k].n_distinct, tps, tps / base_tps, predicted, adapter_bytes, wbytes);
+            printf("{\"what\":\"lora\",\"device\":\"%s\",\"config\":\"%s\",\"rows\":%d,\"adapters\":%d,"
+                   "\"tokens_per_s\":%.2f,\"ratio_to_base\":%.3f,\"bytes_roofline_ratio\":%.3f,"
+                   "\"adapter_bytes\":%.0f,\"weight_bytes\":%.0f}\n",
+                   lp_backend_resolve(device), cfgs[k].name, rows, cfgs[k].n_distinct, tps, tps / base_tps, predicted,
+                   adapter_bytes, wbytes);
         }
     } else {
         fprintf(stderr, "cpu_bench: unknown mode %s\n", mode);

@@ -6,6 +6,7 @@
 #define LP_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "loraplex/adapter.h"
@@ -68,6 +69,28 @@ struct lp_backend {
 /* The CPU backend. The model must outlive the backend. */
 int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params,
                        lp_backend **out, lp_error *err);
+
+/* The CUDA backend (src/backend/cuda/): weights and KV cache in GPU memory.
+ * Builds without LORAPLEX_CUDA return LP_ERR_UNSUPPORTED naming the build
+ * option. The model must outlive the backend. */
+int lp_backend_cuda_new(const lp_model *model, const lp_backend_params *params,
+                        lp_backend **out, lp_error *err);
+/* CUDA devices usable by this process (0 without CUDA support or GPU). */
+int lp_cuda_device_count(void);
+/* Free and total memory of the current CUDA device; LP_ERR_UNSUPPORTED
+ * without one. */
+int lp_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, lp_error *err);
+/* Bytes one KV block of `block_size` tokens takes on `device`: fp32 on the
+ * CPU; on CUDA the weights' dtype (fp32 models keep fp32, others bf16). */
+size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int block_size);
+
+/* The backend for a --device value: "cpu", "cuda", or "auto" (= cuda when a
+ * GPU is present and the build has CUDA, else cpu). Unknown names and
+ * "cuda" on a build or machine without it fail with a message saying so. */
+int lp_backend_new(const char *device, const lp_model *model, const lp_backend_params *params,
+                   lp_backend **out, lp_error *err);
+/* "cpu" or "cuda": what lp_backend_new would pick for `device`. */
+const char *lp_backend_resolve(const char *device);
 
 static inline void lp_backend_free(lp_backend *b) {
     if (b)

@@ -1,6 +1,6 @@
-/* cmd_generate.c - `loraplex generate`: one prompt, generated on the CPU
- * backend through the same engine the server uses; text streamed to stdout,
- * or one JSON object with ids, text and logprobs. */
+/* cmd_generate.c - `loraplex generate`: one prompt, generated on the CPU or
+ * CUDA backend (--device) through the same engine the server uses; text
+ * streamed to stdout, or one JSON object with ids, text and logprobs. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +16,11 @@
 static const char k_usage[] =
     "usage: loraplex generate [options]\n"
     "\n"
-    "Generate a continuation of one prompt on the CPU.\n"
+    "Generate a continuation of one prompt.\n"
     "\n"
     "  --model DIR          model directory (default: the bundled models/tinylm)\n"
+    "  --device D           auto, cpu or cuda (default auto: cuda when this build has\n"
+    "                       the CUDA backend and a GPU is visible, else cpu)\n"
     "  --prompt TEXT        prompt text (tokenized with the model's tokenizer.json)\n"
     "  --prompt-ids 1,2,3   prompt as token ids instead of text\n"
     "  --no-special         do not add the tokenizer's special tokens (e.g. BOS) to --prompt\n"
@@ -86,6 +88,7 @@ static void on_token(void *ud, const lp_token_event *ev) {
 
 int lp_cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *prompt = NULL, *prompt_ids = NULL, *adapter_name = NULL;
+    const char *device = "auto";
     const char *lora_specs[MAX_LORAS];
     int n_loras = 0;
     lp_adapter *loras[MAX_LORAS] = {0};
@@ -109,6 +112,12 @@ int lp_cmd_generate(int argc, char **argv) {
             return 2;
         } else if (!strcmp(a, "--model")) {
             model_dir = v;
+        } else if (!strcmp(a, "--device")) {
+            if (!lp_backend_resolve(v)) {
+                fprintf(stderr, "error: --device: unknown device '%s' (expected auto, cpu or cuda)\n", v);
+                return 2;
+            }
+            device = v;
         } else if (!strcmp(a, "--prompt")) {
             prompt = v;
         } else if (!strcmp(a, "--prompt-ids")) {
@@ -244,7 +253,7 @@ int lp_cmd_generate(int argc, char **argv) {
     bp.n_threads = (int)threads;
     bp.max_adapters = n_loras;
     bp.max_lora_rank = (int)max_rank;
-    if (lp_backend_cpu_new(model, &bp, &be, &err)) {
+    if (lp_backend_new(device, model, &bp, &be, &err)) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }

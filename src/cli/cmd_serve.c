@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "cli/cli.h"
 #include "server/server.h"
 #include "util/util.h"
@@ -15,6 +16,8 @@ static const char k_usage[] =
     "options: the bundled models/tinylm with models/tinylm-adapters on 127.0.0.1:8000.\n"
     "\n"
     "  --model DIR                  base model directory\n"
+    "  --device auto|cpu|cuda       where the forward pass runs (default auto: cuda when this build\n"
+    "                               has the CUDA backend and a GPU is visible, else cpu)\n"
     "  --served-model-name NAME     model id of the base (default: the directory name)\n"
     "  --host ADDR  --port N        listen address (default 127.0.0.1:8000)\n"
     "  --api-key KEY                require 'Authorization: Bearer KEY' (not for /health, /metrics)\n"
@@ -29,7 +32,8 @@ static const char k_usage[] =
     "  --max-num-seqs N             rows running at once (default 32)\n"
     "  --max-model-len N            prompt + output tokens (default: the model's)\n"
     "  --max-num-batched-tokens N   tokens per engine step (default 512)\n"
-    "  --kv-cache-mib N             KV cache size (default 512)\n"
+    "  --kv-cache-mib N             KV cache size (default: 512 on cpu; on cuda 85% of the free GPU\n"
+    "                               memory less the weights and 1 GiB of scratch)\n"
     "  --threads N                  CPU threads (default: all cores)\n"
     "  --max-connections N          (default 1024)  --timeout S  idle client timeout (default 30)\n"
     "  --request-timeout S          a request's headers and body must arrive within S s (default 30)\n"
@@ -85,9 +89,15 @@ int lp_cmd_serve(int argc, char **argv) {
             return 2;                                                                                                  \
         field = (int)x;                                                                                                \
     }
-        if (!strcmp(a, "--model"))
+        if (!strcmp(a, "--model")) {
             p.model_dir = v;
-        else if (!strcmp(a, "--served-model-name"))
+        } else if (!strcmp(a, "--device")) {
+            if (!lp_backend_resolve(v)) {
+                fprintf(stderr, "error: --device: unknown device '%s' (expected auto, cpu or cuda)\n", v);
+                return 2;
+            }
+            p.device = v;
+        } else if (!strcmp(a, "--served-model-name"))
             p.served_name = v;
         else if (!strcmp(a, "--host"))
             p.host = v;

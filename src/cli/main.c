@@ -35,7 +35,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("loraplex %s\n", LORAPLEX_VERSION);
+#ifdef LORAPLEX_HAVE_CUDA
+        printf("loraplex %s (backends: cpu, cuda)\n", LORAPLEX_VERSION);
+#else
+        printf("loraplex %s (backends: cpu)\n", LORAPLEX_VERSION);
+#endif
         return 0;
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)

@@ -22,6 +22,7 @@
 lp_server_params lp_server_default_params(void) {
     lp_server_params p;
     memset(&p, 0, sizeof p);
+    p.device = "auto";
     p.host = "127.0.0.1";
     p.port = 8000;
     p.lora_refresh_s = 10.0;
@@ -31,7 +32,7 @@ lp_server_params lp_server_default_params(void) {
     p.max_num_seqs = 32;
     p.max_model_len = 0;
     p.max_num_batched_tokens = 512;
-    p.kv_cache_mib = 512;
+    p.kv_cache_mib = 0;
     p.max_connections = 1024;
     p.connection_timeout_s = 30;
     p.request_timeout_s = 30;
@@ -263,10 +264,71 @@ static void progress_bar(double frac, void *ud) {
     fflush(stderr);
 }
 
+/* KV cache sizing. The CPU default is a fixed size; on CUDA the default is
+ * what the GPU has free (like vLLM's gpu_memory_utilization): 85% of its free
+ * memory, less the weights and scratch for activations and cuBLAS. */
+#define KV_CPU_DEFAULT_MIB 512
+#define KV_GPU_MEM_FRACTION 0.85
+#define KV_GPU_SCRATCH_BYTES ((double)(1u << 30))
+#define KV_MAX_AUTO_BLOCKS (1 << 20) /* 16M tokens; keeps the pool's host bookkeeping ~120 MiB */
+
+static void log_device(const char *device) {
+    size_t free_b = 0, total_b = 0;
+    if (!strcmp(device, "cuda") && lp_cuda_mem_info(&free_b, &total_b, NULL) == LP_OK)
+        LP_INFO("device: cuda (%.0f MiB free of %.0f MiB)", (double)free_b / 1048576.0,
+                (double)total_b / 1048576.0);
+    else
+        LP_INFO("device: %s", device);
+}
+
+/* Blocks that fit in the GPU's free memory; an error naming the numbers when
+ * even the `need` blocks of one max_model_len sequence do not. */
+static int gpu_kv_blocks(const lp_server *s, size_t per_block, int need, int *out, lp_error *err) {
+    size_t free_b = 0, total_b = 0;
+    if (lp_cuda_mem_info(&free_b, &total_b, err))
+        return lp_error_prefix(err, "device cuda");
+    double weights = (double)lp_model_weight_bytes(s->model);
+    double avail = KV_GPU_MEM_FRACTION * (double)free_b - weights - KV_GPU_SCRATCH_BYTES;
+    double blocks = avail > 0 ? avail / (double)per_block : 0;
+    if (blocks < need)
+        return lp_error_set(err, LP_ERR_NOMEM,
+                            "device cuda: the KV cache for --max-model-len %d needs %.0f MiB, but %.0f%% of the "
+                            "%.0f MiB free on the GPU less %.0f MiB of weights and %.0f MiB of scratch leaves "
+                            "%.0f MiB; lower --max-model-len, or give --kv-cache-mib",
+                            s->p.max_model_len, (double)need * (double)per_block / 1048576.0,
+                            KV_GPU_MEM_FRACTION * 100.0, (double)free_b / 1048576.0, weights / 1048576.0,
+                            KV_GPU_SCRATCH_BYTES / 1048576.0, (avail > 0 ? avail : 0) / 1048576.0);
+    *out = blocks > KV_MAX_AUTO_BLOCKS ? KV_MAX_AUTO_BLOCKS : (int)blocks;
+    return LP_OK;
+}
+
+/* KV blocks for `device`: --kv-cache-mib (or kv_blocks) when given, else the
+ * device's default; never fewer than one max_model_len sequence needs. */
+static int choose_kv_blocks(const lp_server *s, const char *device, size_t per_block, int *out, lp_error *err) {
+    const lp_server_params *p = &s->p;
+    int need = (p->max_model_len + 15) / 16;
+    if (p->kv_blocks > 0) {
+        *out = p->kv_blocks;
+    } else if (p->kv_cache_mib > 0 || strcmp(device, "cuda")) {
+        size_t mib = p->kv_cache_mib > 0 ? (size_t)p->kv_cache_mib : KV_CPU_DEFAULT_MIB;
+        *out = (int)((mib << 20) / per_block);
+    } else {
+        int rc = gpu_kv_blocks(s, per_block, need, out, err);
+        if (rc)
+            return rc;
+    }
+    if (*out < need)
+        *out = need;
+    return LP_OK;
+}
+
 static int setup(lp_server *s, lp_error *err) {
     const lp_server_params *p = &s->p;
     int rc;
     double t0 = lp__now();
+    const char *device = lp_backend_resolve(p->device);
+    if (!device)
+        return lp_error_set(err, LP_ERR_INVALID, "unknown device '%s' (expected auto, cpu or cuda)", p->device);
     if ((rc = lp_model_load(p->model_dir, &s->model, isatty(2) ? progress_bar : NULL, NULL, err)))
         return rc;
     s->tok = lp_model_tokenizer(s->model);
@@ -275,20 +337,19 @@ static int setup(lp_server *s, lp_error *err) {
     const lp_model_config *c = lp_model_get_config(s->model);
     if (s->p.max_model_len <= 0 || s->p.max_model_len > c->max_pos)
         s->p.max_model_len = c->max_pos;
+    log_device(device);
     lp_backend_params bp = lp_backend_default_params();
     bp.block_size = 16;
-    size_t per_block = (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * 16 * sizeof(float);
-    bp.n_kv_blocks = p->kv_blocks > 0 ? p->kv_blocks : (int)(((size_t)p->kv_cache_mib << 20) / per_block);
-    int need = (s->p.max_model_len + 15) / 16;
-    if (bp.n_kv_blocks < need)
-        bp.n_kv_blocks = need;
+    size_t per_block = lp_backend_kv_block_bytes(device, s->model, bp.block_size);
+    if ((rc = choose_kv_blocks(s, device, per_block, &bp.n_kv_blocks, err)))
+        return rc;
     bp.max_rows = p->max_num_seqs;
     bp.max_logit_rows = p->max_num_seqs;
     bp.max_tokens = p->max_num_batched_tokens;
     bp.max_adapters = p->max_loras;
     bp.max_lora_rank = p->max_lora_rank;
     bp.n_threads = p->threads;
-    if ((rc = lp_backend_cpu_new(s->model, &bp, &s->be, err)))
+    if ((rc = lp_backend_new(device, s->model, &bp, &s->be, err)))
         return rc;
     lp_engine_params ep = lp_engine_default_params();
     ep.max_num_seqs = p->max_num_seqs;
@@ -327,9 +388,9 @@ static int setup(lp_server *s, lp_error *err) {
     s->active_counts = calloc((size_t)p->max_cpu_loras + 1, sizeof(int));
     if (!s->active_names || !s->active_counts)
         return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
-    LP_INFO("model %s loaded in %.2f s: %s, %d layers, context %d, KV cache %d blocks (%.0f MiB)", s->model_id,
-            lp__now() - t0, c->architecture, c->n_layers, s->p.max_model_len, bp.n_kv_blocks,
-            (double)per_block * bp.n_kv_blocks / 1048576.0);
+    LP_INFO("model %s loaded in %.2f s: %s, %d layers, context %d, KV cache %d blocks (%.0f MiB) on %s",
+            s->model_id, lp__now() - t0, c->architecture, c->n_layers, s->p.max_model_len, bp.n_kv_blocks,
+            (double)per_block * bp.n_kv_blocks / 1048576.0, device);
     return LP_OK;
 }
 

@@ -10,6 +10,7 @@
 
 typedef struct lp_server_params {
     const char *model_dir;
+    const char *device;             /* "auto" (default), "cpu" or "cuda": see lp_backend_new */
     const char *served_name;        /* model id of the base (default: the directory name) */
     const char *host;               /* default 127.0.0.1 */
     int port;                       /* default 8000 */
@@ -21,8 +22,8 @@ typedef struct lp_server_params {
     int n_lora_modules;
     int max_loras, max_cpu_loras, max_lora_rank;
     int max_num_seqs, max_model_len, max_num_batched_tokens;
-    int kv_blocks;                  /* 0 = from --kv-cache-mib */
-    int kv_cache_mib;
+    int kv_blocks;                  /* 0 = from kv_cache_mib */
+    int kv_cache_mib;               /* 0 = auto: 512 on the CPU; on CUDA what the GPU has free */
     int threads;
     int max_connections;
     int connection_timeout_s;       /* idle / slow client timeout */

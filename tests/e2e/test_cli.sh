@@ -66,7 +66,34 @@ check "too long exit 1" test $rc -eq 1
 "$bin" generate --lora tests/data/conform/llama/adapters/r8-all --prompt x >/dev/null 2>"$tmp/e"; rc=$?
 check "adapter for another model refused" test $rc -eq 1
 check "adapter mismatch names the shape" grep -q "another model" "$tmp/e"
-for c in generate merge inspect synth; do
+
+# --device: cpu works; an unknown name is a usage error naming it; cuda on a
+# build without the CUDA backend (or a machine without a GPU) says so
+d=$("$bin" generate --device cpu --prompt "The computer" --max-tokens 12 --json); rc=$?
+check "--device cpu works" test $rc -eq 0
+check "--device cpu generates" grep -q '"finish_reason":"length"' <<<"$d"
+"$bin" --version >"$tmp/v"; rc=$?
+check "--version" test $rc -eq 0
+check "--version lists backends" grep -q "^loraplex .*(backends: cpu" "$tmp/v"
+if grep -q "(backends: cpu)" "$tmp/v"; then
+  check "--device cpu = auto without CUDA" test "$(grep -o '"tokens":\[[0-9,]*\]' <<<"$d")" = "$(grep -o '"tokens":\[[0-9,]*\]' <<<"$j")"
+fi
+"$bin" generate --device bogus --prompt x >/dev/null 2>"$tmp/e"; rc=$?
+check "unknown device exit 2" test $rc -eq 2
+check "unknown device named" grep -q "unknown device 'bogus'" "$tmp/e"
+"$bin" serve --device bogus >/dev/null 2>"$tmp/e"; rc=$?
+check "serve unknown device exit 2" test $rc -eq 2
+check "serve unknown device named" grep -q "unknown device 'bogus'" "$tmp/e"
+if grep -q "(backends: cpu)" "$tmp/v"; then
+  "$bin" generate --device cuda --prompt x >/dev/null 2>"$tmp/e"; rc=$?
+  check "cuda without the CUDA backend exit 1" test $rc -eq 1
+  check "cuda without the CUDA backend says so" grep -q "no CUDA backend" "$tmp/e"
+elif ! command -v nvidia-smi >/dev/null 2>&1; then
+  "$bin" generate --device cuda --prompt x >/dev/null 2>"$tmp/e"; rc=$?
+  check "cuda without a GPU exit 1" test $rc -eq 1
+  check "cuda without a GPU says so" grep -Eq "no CUDA (backend|device)" "$tmp/e"
+fi
+for c in generate merge inspect synth serve; do
   "$bin" $c --help >/dev/null 2>&1; check "$c --help" test $? -eq 0
 done
 

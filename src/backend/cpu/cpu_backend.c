@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/common.h"
 #include "backend/cpu/kernels.h"
 #include "lora/adapter-impl.h"
 #include "model/model-impl.h"
@@ -55,29 +56,6 @@ lp_backend_params lp_backend_default_params(void) {
         .max_logit_rows = 64, .n_threads = 0, .max_adapters = 8, .max_lora_rank = 256,
     };
     return p;
-}
-
-/* Rotary inverse frequencies in fp32, as transformers computes them. */
-static void rope_init(const lp_model_config *c, float *inv_freq) {
-    int half = c->head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-        if (c->rope_type == LP_ROPE_LINEAR) {
-            f /= c->rope_factor;
-        } else if (c->rope_type == LP_ROPE_LLAMA3) {
-            double old = c->rope_orig_max_pos;
-            double low_wl = old / c->rope_low_freq_factor, high_wl = old / c->rope_high_freq_factor;
-            double wl = 2.0 * M_PI / f;
-            if (wl > low_wl) {
-                f = f / c->rope_factor;
-            } else if (wl >= high_wl) { /* medium band: interpolate */
-                double s = (old / wl - c->rope_low_freq_factor) /
-                           (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (float)((1.0 - s) * f / c->rope_factor + s * f);
-            }
-        }
-        inv_freq[i] = f;
-    }
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
@@ -212,51 +190,14 @@ static void attention(cpu_backend *b, const lp_batch_row *rows, int layer, int64
     }
 }
 
-static int check_rows(cpu_backend *b, const lp_batch_row *rows, int n_rows, int64_t *T_out,
-                      int64_t *n_logits, lp_error *err) {
-    const lp_backend_params *P = &b->base.params;
-    int64_t T = 0, nl = 0;
-    if (n_rows < 1 || n_rows > P->max_rows)
-        return lp_error_set(err, LP_ERR_LIMIT, "forward: %d rows (limit %d)", n_rows, P->max_rows);
-    for (int i = 0; i < n_rows; i++) {
-        const lp_batch_row *r = &rows[i];
-        if (r->n_tokens < 1 || r->pos0 < 0 || (int64_t)r->pos0 + r->n_tokens > b->max_ctx)
-            return lp_error_set(err, LP_ERR_RANGE, "forward: row %d spans positions %d..%d (limit %lld)",
-                                i, r->pos0, r->pos0 + r->n_tokens, (long long)b->max_ctx);
-        if (r->adapter >= P->max_adapters || (r->adapter >= 0 && !b->slots[r->adapter]))
-            return lp_error_set(err, LP_ERR_INVALID, "forward: row %d: adapter slot %d is not loaded", i,
-                                r->adapter);
-        if (!(r->adapter_scale >= -100.0f && r->adapter_scale <= 100.0f))
-            return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: adapter scale must be in [-100, 100]", i);
-        for (int j = 0; j < r->n_tokens; j++)
-            if (r->tokens[j] < 0 || r->tokens[j] >= b->cfg->vocab)
-                return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: token id %d is out of range [0, %d)",
-                                    i, r->tokens[j], b->cfg->vocab);
-        int64_t nblk = ((int64_t)r->pos0 + r->n_tokens + P->block_size - 1) / P->block_size;
-        for (int64_t j = 0; j < nblk; j++)
-            if (r->blocks[j] < 0 || r->blocks[j] >= P->n_kv_blocks)
-                return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: KV block id %d is out of range",
-                                    i, r->blocks[j]);
-        T += r->n_tokens;
-        nl += r->logits == LP_LOGITS_ALL ? r->n_tokens : r->logits == LP_LOGITS_LAST ? 1 : 0;
-    }
-    if (T > P->max_tokens)
-        return lp_error_set(err, LP_ERR_LIMIT, "forward: %lld tokens (limit %d)", (long long)T, P->max_tokens);
-    if (nl > P->max_logit_rows)
-        return lp_error_set(err, LP_ERR_LIMIT, "forward: %lld logit rows (limit %d)", (long long)nl,
-                            P->max_logit_rows);
-    *T_out = T;
-    *n_logits = nl;
-    return LP_OK;
-}
-
 static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, float *logits,
                        lp_error *err) {
     cpu_backend *b = (cpu_backend *)base;
     const lp_model *m = base->model;
     const lp_model_config *c = b->cfg;
     int64_t T, n_logits;
-    int rc = check_rows(b, rows, n_rows, &T, &n_logits, err);
+    int rc = lp__backend_check_rows(base, rows, n_rows, b->max_ctx, (const void *const *)b->slots, &T,
+                                    &n_logits, err);
     if (rc)
         return rc;
     int64_t D = c->hidden, F = c->ffn, hd = c->head_dim, half = hd / 2;
@@ -377,18 +318,9 @@ static void cpu_free(lp_backend *base) {
 
 static int cpu_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
     cpu_backend *b = (cpu_backend *)base;
-    if (slot < 0 || slot >= base->params.max_adapters)
-        return lp_error_set(err, LP_ERR_RANGE, "adapter slot %d is out of range [0, %d)", slot,
-                            base->params.max_adapters);
-    if (a->model != base->model)
-        return lp_error_set(err, LP_ERR_INVALID, "%s: adapter was not loaded against this model", a->dir);
-    if (a->info.max_rank > base->params.max_lora_rank)
-        return lp_error_set(err, LP_ERR_LIMIT, "%s: rank %d exceeds the maximum LoRA rank %d", a->dir,
-                            a->info.max_rank, base->params.max_lora_rank);
-    for (size_t i = 0; i < (size_t)a->n_layers * LP_MOD_COUNT; i++)
-        if (a->mods[i].magnitude && !a->mods[i].dora_scale)
-            return lp_error_set(err, LP_ERR_INVALID, "%s: DoRA norms were not computed (load it with the model)",
-                                a->dir);
+    int rc = lp__backend_check_adapter(base, slot, a, err);
+    if (rc)
+        return rc;
     b->slots[slot] = a;
     return LP_OK;
 }
@@ -466,7 +398,7 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, l
         return lp_error_set(err, LP_ERR_NOMEM, "cpu backend: out of memory for %zu MiB of KV cache and scratch",
                             kv_floats * 4 >> 20);
     }
-    rope_init(c, b->inv_freq);
+    lp__rope_inv_freq(c, b->inv_freq);
     *out = &b->base;
     return LP_OK;
 }

@@ -7,6 +7,8 @@ const path = require('node:path');
 
 const BIN = process.env.LORAPLEX_BIN;
 const REPO = process.env.LORAPLEX_REPO;
+// LORAPLEX_TEST_DEVICE=cuda (or cpu, auto) runs every test server on that device.
+const DEVICE = process.env.LORAPLEX_TEST_DEVICE;
 
 function tmpdir(prefix) {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -26,7 +28,7 @@ async function start(args = [], opts = {}) {
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = 20000 + Math.floor(Math.random() * 20000);
     const full = ['serve', '--model', path.join(REPO, 'models/tinylm'), '--port', String(port),
-      '--threads', '1', ...args];
+      '--threads', '1', ...(DEVICE ? ['--device', DEVICE] : []), ...args];
     const proc = spawn(BIN, full, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env || {}) } });
     let log = '';
     proc.stdout.on('data', (d) => { log += d; });

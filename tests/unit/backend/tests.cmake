@@ -4,3 +4,11 @@ lp_add_unit_test(test_cpu_kernels
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cpu_kernels.c
   LABELS backend)
 
+# The CUDA backend against the reference fixtures and the CPU backend (logits,
+# greedy, mixed batches, error paths). Exits 77 = skipped without a CUDA
+# device, so it passes as skipped in CI; `ctest -L gpu` runs it on a GPU machine.
+lp_add_unit_test(test_cuda
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cuda.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
+  ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
+  LABELS backend gpu)
+set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)

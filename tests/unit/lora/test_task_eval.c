@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "engine/engine.h"
 #include "loraplex/adapter.h"
 #include "testlib.h"
@@ -56,7 +57,15 @@ int main(int argc, char **argv) {
     bp.max_logit_rows = 24;
     bp.n_kv_blocks = 24 * 6;
     lp_backend *be = NULL;
-    CHECK(lp_backend_cpu_new(m, &bp, &be, &err) == LP_OK);
+    /* LORAPLEX_TEST_DEVICE=cuda runs the same evals on the GPU backend, where
+     * the issue's bar is 97% per adapter (bf16 numerics) */
+    const char *device = getenv("LORAPLEX_TEST_DEVICE") ? getenv("LORAPLEX_TEST_DEVICE") : "cpu";
+    double min_acc = strcmp(lp_backend_resolve(device) ? lp_backend_resolve(device) : "", "cpu") ? 0.97 : 0.98;
+    if (lp_backend_new(device, m, &bp, &be, &err)) {
+        fprintf(stderr, "backend %s: %s\n", device, err.msg);
+        return 1;
+    }
+    printf("device: %s\n", be->ops->name);
     lp_adapter *ads[3] = {0};
     for (int t = 0; t < 3; t++) {
         snprintf(path, sizeof path, "%s/tinylm-adapters/%s", argv[1], tasks[t]);
@@ -143,7 +152,7 @@ int main(int argc, char **argv) {
         printf("%-8s adapter %d/%d exact (%.1f%%), tokens identical to reference %d/%d; base %d/%d (%.1f%%), "
                "tokens identical %d/%d\n", tasks[t], correct[t][0], total[t][0], 100 * acc, same_tokens[t][0],
                total[t][0], correct[t][1], total[t][1], 100 * base, same_tokens[t][1], total[t][1]);
-        CHECKF(acc >= 0.98, "%s adapter accuracy %.3f < 0.98", tasks[t], acc);
+        CHECKF(acc >= min_acc, "%s adapter accuracy %.3f < %.2f", tasks[t], acc, min_acc);
         CHECKF(base <= 0.05, "%s base accuracy %.3f > 0.05", tasks[t], base);
     }
     for (int t = 0; t < 3; t++)

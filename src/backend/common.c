@@ -1,0 +1,82 @@
+/* common.c - row checks and rotary tables shared by every backend. */
+#include <math.h>
+
+#include "backend/common.h"
+#include "lora/adapter-impl.h"
+
+int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_rows, int64_t max_ctx,
+                           const void *const *slots, int64_t *T_out, int64_t *n_logits, lp_error *err) {
+    const lp_backend_params *P = &b->params;
+    const lp_model_config *c = lp_model_get_config(b->model);
+    int64_t T = 0, nl = 0;
+    if (n_rows < 1 || n_rows > P->max_rows)
+        return lp_error_set(err, LP_ERR_LIMIT, "forward: %d rows (limit %d)", n_rows, P->max_rows);
+    for (int i = 0; i < n_rows; i++) {
+        const lp_batch_row *r = &rows[i];
+        if (r->n_tokens < 1 || r->pos0 < 0 || (int64_t)r->pos0 + r->n_tokens > max_ctx)
+            return lp_error_set(err, LP_ERR_RANGE, "forward: row %d spans positions %d..%d (limit %lld)",
+                                i, r->pos0, r->pos0 + r->n_tokens, (long long)max_ctx);
+        if (r->adapter >= P->max_adapters || (r->adapter >= 0 && !slots[r->adapter]))
+            return lp_error_set(err, LP_ERR_INVALID, "forward: row %d: adapter slot %d is not loaded", i,
+                                r->adapter);
+        if (!(r->adapter_scale >= -100.0f && r->adapter_scale <= 100.0f))
+            return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: adapter scale must be in [-100, 100]", i);
+        for (int j = 0; j < r->n_tokens; j++)
+            if (r->tokens[j] < 0 || r->tokens[j] >= c->vocab)
+                return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: token id %d is out of range [0, %d)",
+                                    i, r->tokens[j], c->vocab);
+        int64_t nblk = ((int64_t)r->pos0 + r->n_tokens + P->block_size - 1) / P->block_size;
+        for (int64_t j = 0; j < nblk; j++)
+            if (r->blocks[j] < 0 || r->blocks[j] >= P->n_kv_blocks)
+                return lp_error_set(err, LP_ERR_RANGE, "forward: row %d: KV block id %d is out of range",
+                                    i, r->blocks[j]);
+        T += r->n_tokens;
+        nl += r->logits == LP_LOGITS_ALL ? r->n_tokens : r->logits == LP_LOGITS_LAST ? 1 : 0;
+    }
+    if (T > P->max_tokens)
+        return lp_error_set(err, LP_ERR_LIMIT, "forward: %lld tokens (limit %d)", (long long)T, P->max_tokens);
+    if (nl > P->max_logit_rows)
+        return lp_error_set(err, LP_ERR_LIMIT, "forward: %lld logit rows (limit %d)", (long long)nl,
+                            P->max_logit_rows);
+    *T_out = T;
+    *n_logits = nl;
+    return LP_OK;
+}
+
+void lp__rope_inv_freq(const lp_model_config *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float f = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+        if (c->rope_type == LP_ROPE_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_type == LP_ROPE_LLAMA3) {
+            double old = c->rope_orig_max_pos;
+            double low_wl = old / c->rope_low_freq_factor, high_wl = old / c->rope_high_freq_factor;
+            double wl = 2.0 * M_PI / f;
+            if (wl > low_wl) {
+                f = f / c->rope_factor;
+            } else if (wl >= high_wl) { /* medium band: interpolate */
+                double s = (old / wl - c->rope_low_freq_factor) /
+                           (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (float)((1.0 - s) * f / c->rope_factor + s * f);
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+int lp__backend_check_adapter(const lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
+    if (slot < 0 || slot >= base->params.max_adapters)
+        return lp_error_set(err, LP_ERR_RANGE, "adapter slot %d is out of range [0, %d)", slot,
+                            base->params.max_adapters);
+    if (a->model != base->model)
+        return lp_error_set(err, LP_ERR_INVALID, "%s: adapter was not loaded against this model", a->dir);
+    if (a->info.max_rank > base->params.max_lora_rank)
+        return lp_error_set(err, LP_ERR_LIMIT, "%s: rank %d exceeds the maximum LoRA rank %d", a->dir,
+                            a->info.max_rank, base->params.max_lora_rank);
+    for (size_t i = 0; i < (size_t)a->n_layers * LP_MOD_COUNT; i++)
+        if (a->mods[i].magnitude && !a->mods[i].dora_scale)
+            return lp_error_set(err, LP_ERR_INVALID, "%s: DoRA norms were not computed (load it with the model)",
+                                a->dir);
+    return LP_OK;
+}

@@ -1,0 +1,133 @@
+/* cuda-impl.h - what the CUDA backend's translation units share: the element
+ * types, the adapter descriptor table the multi-LoRA kernels read, and the
+ * kernel launchers (all asynchronous on the given stream; they return
+ * cudaGetLastError() of the launch).
+ *
+ * Activations between layers and the KV cache use the compute type `ct` of
+ * the model: fp32 for fp32 checkpoints, fp16 for fp16, bf16 otherwise. The
+ * residual stream, the projection outputs and all accumulation are fp32. */
+#ifndef LP_CUDA_IMPL_H
+#define LP_CUDA_IMPL_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+typedef enum { LP_CT_F32 = 0, LP_CT_F16 = 1, LP_CT_BF16 = 2 } lp_cu_type;
+
+static inline size_t lp_cu_type_size(lp_cu_type t) { return t == LP_CT_F32 ? 4 : 2; }
+
+/* One adapted projection of one adapter in the device tier: delta(x) =
+ * scaling * Bt^T (A x); A (rank, in) and Bt (rank, out) row-major, bf16 or,
+ * for adapters whose file holds fp32 (`f32`), fp32.
+ * DoRA: dora (out) = magnitude / ||W + scaling B A||_row, else NULL. */
+typedef struct lp_cu_lora_desc {
+    const void *A;
+    const void *Bt;
+    const float *dora;
+    float scaling;
+    int32_t rank; /* 0: this (layer, module) is not adapted by the adapter */
+    int32_t f32;  /* A and Bt are fp32 */
+    int32_t pad;
+} lp_cu_lora_desc;
+
+/* The modules one LoRA launch handles (q,k,v fused, gate,up fused, or one):
+ * their module ids, output widths and column offsets in the fused output. */
+#define LP_CU_MAX_MODS 3
+typedef struct lp_cu_mods {
+    int n;
+    int mod[LP_CU_MAX_MODS];
+    int out[LP_CU_MAX_MODS];
+    int col[LP_CU_MAX_MODS];
+} lp_cu_mods;
+
+/* A tile of at most LP_CU_LORA_TILE tokens that share an adapter slot:
+ * tokens perm[p0 .. p0+n) of the call. */
+#define LP_CU_LORA_TILE 8
+typedef struct lp_cu_lora_item {
+    int32_t slot, p0, n, pad;
+} lp_cu_lora_item;
+
+/* Everything a multi-LoRA launch over one call needs. `desc` is indexed
+ * [(slot * n_layers + layer) * 7 + module]. V holds the shrink's split-K
+ * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32: each written once by
+ * the shrink and summed by the expand, so V needs no zeroing and no atomics. */
+typedef struct lp_cu_lora_call {
+    const lp_cu_lora_desc *desc;
+    int n_layers, layer;
+    const lp_cu_lora_item *items;
+    int n_items;
+    const int32_t *perm;
+    const float *alpha; /* (T) the row's adapter_scale for each token */
+    float *V;
+    int rmax;
+    int T;      /* tokens in the call (V's stride between splits) */
+    int ksplit; /* from lp_cu_lora_ksplit for this launch's K */
+} lp_cu_lora_call;
+
+/* K splits a shrink over n_items tiles and n_mods modules uses so the launch
+ * fills the GPU (each split a multiple of 256 columns, at most 1024). */
+int lp_cu_lora_ksplit(int n_items, int n_mods, int K, int n_sm);
+/* Floats of V a call of T tokens needs at this ksplit. */
+static inline size_t lp_cu_lora_v_floats(int T, int ksplit, int rmax) {
+    return (size_t)ksplit * (size_t)T * LP_CU_MAX_MODS * (size_t)rmax;
+}
+/* Segmented shrink: V[split, t, z, :rank] = X[t, split's columns] . A^T for
+ * every token of every item and every module z. */
+cudaError_t lp_cu_lora_shrink(const lp_cu_lora_call *c, const lp_cu_mods *mods, const void *X,
+                              lp_cu_type xt, int ldx, int K, cudaStream_t s);
+/* Segmented expand: Y[t, col_z + o] += alpha_t * scaling * (sum over splits
+ * of V[., t, z]) . Bt[:, o] (DoRA: Y = y + alpha_t ((g_o - 1) y + g_o scaling
+ * V.Bt[:, o])). */
+cudaError_t lp_cu_lora_expand(const lp_cu_lora_call *c, const lp_cu_mods *mods, float *Y, int ldy,
+                              cudaStream_t s);
+
+/* Per-token metadata of a call, in device memory. */
+typedef struct lp_cu_toks {
+    const int32_t *id;     /* (T) token ids */
+    const int32_t *pos;    /* (T) positions */
+    const int32_t *blkoff; /* (T) offset of the token's row block table in `blocks` */
+    const int32_t *blocks; /* block tables of all rows, concatenated */
+} lp_cu_toks;
+
+/* dst (n) in type dt = src (n) in file dtype `src_dt` (LP_DTYPE_F32/F16/BF16 values). */
+cudaError_t lp_cu_convert(void *dst, lp_cu_type dt, const void *src, int src_dt, size_t n, cudaStream_t s);
+/* x[t] = embed[id[t]] as fp32. */
+cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_t *ids, int T, int D,
+                        cudaStream_t s);
+/* For each output row i (token idx ? idx[i] : i): if add, x[t] += add[t] (+ bias);
+ * out[i] = rmsnorm(x[t]) * w, in type ot. */
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *bias, const float *w, void *out,
+                              lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps, cudaStream_t s);
+/* q/k/v of a fused projection output (T, qdim + 2 kvdim): + bias, q/k norm,
+ * rotary embedding; q to qout (T, qdim) fp32, k and v into the paged cache. */
+typedef struct lp_cu_rope {
+    int H, KVH, hd, bs, layer;
+    size_t block_elems; /* elements per KV block: layers * 2 * KVH * bs * hd */
+    const float *inv_freq;
+    const float *bias;          /* (qdim + 2 kvdim) or NULL */
+    const float *q_norm, *k_norm; /* (hd) or NULL */
+    float eps;
+} lp_cu_rope;
+cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type kt, const lp_cu_rope *r,
+                           const lp_cu_toks *tk, int T, cudaStream_t s);
+/* Paged attention for every token (prefill and decode alike): causal over
+ * the token's own sequence, GQA, optional sliding window, split along the
+ * sequence in `splits` equal parts per token (partials in part, combined by a
+ * second kernel). */
+/* Query heads of one KV head an attention block handles (more: more blocks). */
+#define LP_CU_ATT_HEADS 4
+typedef struct lp_cu_attn {
+    int H, KVH, hd, bs, layer, window, splits;
+    size_t block_elems;
+    float scale;
+    float *part; /* (T, H, splits, hd + 2) fp32 when splits > 1 */
+} lp_cu_attn;
+cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, const lp_cu_attn *a,
+                            const lp_cu_toks *tk, int T, cudaStream_t s);
+/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot. */
+cudaError_t lp_cu_silu_mul(const float *gu, const float *bias, void *out, lp_cu_type ot, int T, int F,
+                           cudaStream_t s);
+
+#endif

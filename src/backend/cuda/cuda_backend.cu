@@ -1,0 +1,874 @@
+/* cuda_backend.cu - the CUDA backend: the same batched forward pass as the
+ * CPU backend (src/backend/cpu/cpu_backend.c) with weights, KV cache and
+ * adapters in GPU memory.
+ *
+ * Weights are uploaded once in the model's compute type (bf16 for bf16
+ * checkpoints, fp16, or fp32) with q/k/v and gate/up concatenated, so a
+ * layer is four cuBLAS products (bf16 in, fp32 accumulate and out):
+ *
+ *   embed -> [ add+rmsnorm -> qkv GEMM (+LoRA q,k,v) -> bias/qk-norm/rope/
+ *   KV write -> paged attention -> o GEMM (+LoRA o) -> add+rmsnorm ->
+ *   gate|up GEMM (+LoRA gate,up) -> silu*mul -> down GEMM (+LoRA down) ]
+ *   x layers -> add+final norm (logit rows) -> lm_head GEMM -> logits
+ *
+ * Per call, one pinned host buffer with the token metadata (ids, positions,
+ * block tables, logit rows, the LoRA token grouping) goes to the device in
+ * one copy; everything then runs on one stream and the logits come back in
+ * one copy at the end.
+ *
+ * Device tier: adapter_load lays an adapter out for the GPU (A as is, B
+ * transposed; bf16, or fp32 when the file holds fp32) in pinned host memory,
+ * allocates its exact size (by its own ranks) from a stream-ordered memory
+ * pool and copies it on a separate copy stream, so loads overlap running
+ * batches; the next forward that names the
+ * slot waits for that copy's event on the GPU, not on the host. */
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend/backend.h"
+#include "backend/common.h"
+#include "lora/adapter-impl.h"
+#include "model/model-impl.h"
+#include "util/log.h"
+#include "util/util.h"
+}
+#include "backend/cuda/cuda-impl.h"
+
+#define MAX_ATT_SPLITS 16
+#define PART_TOKEN_SPLITS 2048 /* most (token, split) pairs of split attention per call */
+#define ALIGN 256
+
+typedef struct cu_layer {
+    void *qkv, *o, *gu, *down;          /* compute type, (rows, cols) row-major */
+    float *qkv_b, *o_b, *gu_b, *down_b; /* NULL when the model has none */
+    float *attn_norm, *ffn_norm, *q_norm, *k_norm;
+} cu_layer;
+
+typedef struct cu_slot {
+    const lp_adapter *a; /* NULL = empty */
+    void *dev, *host;    /* device copy (pool), pinned host copy */
+    cudaEvent_t ready;   /* recorded after the copy on the copy stream */
+} cu_slot;
+
+#define N_GRAPHS 32
+
+/* What the launches of one call depend on besides device buffers. */
+typedef struct call_shape {
+    int64_t T, nl, n_items;
+    int splits;
+    bool lora;
+} call_shape;
+
+/* A captured decode call, replayed while the shape repeats. */
+typedef struct graph_entry {
+    call_shape key;
+    cudaGraphExec_t exec; /* NULL = free */
+    uint64_t used;
+} graph_entry;
+
+typedef struct cuda_backend {
+    lp_backend base;
+    const lp_model_config *cfg;
+    lp_cu_type ct;
+    size_t csz;
+    int64_t q_dim, kv_dim, qkv_dim, max_ctx;
+    int n_sm;
+    char device_name[256];
+    cudaStream_t st, cp;
+    cublasHandle_t blas;
+    cudaMemPool_t pool;
+    void *arena; /* all weights */
+    cu_layer *L;
+    void *embed, *lm_head;
+    float *final_norm, *inv_freq;
+    void *kv;
+    size_t block_elems;
+    /* scratch for params.max_tokens tokens */
+    float *x, *tmp, *qkv, *q, *gu, *part, *logits, *lora_v;
+    size_t lora_v_floats;
+    void *xn, *att, *act, *lin;
+    /* per-call metadata: pinned host and device copies of the same layout */
+    int32_t *h_meta, *d_meta;
+    size_t meta_cap; /* int32 elements */
+    int32_t *cnt;    /* (max_adapters) tokens per slot, host */
+    /* device tier */
+    lp_cu_lora_desc *h_desc, *d_desc; /* (max_adapters, n_layers, 7) */
+    cu_slot *slots;
+    const lp_adapter **slot_ptrs;
+    /* CUDA graphs of decode calls (LORAPLEX_CUDA_GRAPHS=0 turns them off) */
+    bool use_graphs;
+    graph_entry graphs[N_GRAPHS];
+    uint64_t graph_clock;
+    call_shape last_shape;
+    void *blas_ws; /* cuBLAS workspace: no allocation inside a capture */
+} cuda_backend;
+
+static int cu_fail(lp_error *err, cudaError_t e, const char *what, int line) {
+    int code = e == cudaErrorMemoryAllocation ? LP_ERR_NOMEM : LP_ERR_INTERNAL;
+    return lp_error_set(err, code, "cuda backend: %s: %s (cuda_backend.cu:%d)", what, cudaGetErrorString(e),
+                        line);
+}
+#define CU(call)                                                                                             \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess)                                                                               \
+            return cu_fail(err, e_, #call, __LINE__);                                                        \
+    } while (0)
+#define BLAS(call)                                                                                           \
+    do {                                                                                                     \
+        cublasStatus_t s_ = (call);                                                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+            return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: %s: cuBLAS status %d (line %d)", #call, \
+                                (int)s_, __LINE__);                                                          \
+    } while (0)
+
+extern "C" int lp_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear: no driver or no device is not an error here */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int lp_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, lp_error *err) {
+    if (lp_cuda_device_count() == 0)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED, "no CUDA device");
+    CU(cudaMemGetInfo(free_bytes, total_bytes));
+    return LP_OK;
+}
+
+/* ---- weights ---- */
+
+/* Bump allocator over one device allocation; with base == NULL it only counts. */
+typedef struct arena {
+    char *base;
+    size_t used;
+} arena;
+
+static void *arena_take(arena *a, size_t bytes) {
+    size_t off = (a->used + ALIGN - 1) / ALIGN * ALIGN;
+    a->used = off + bytes;
+    return a->base ? a->base + off : NULL;
+}
+
+static lp_cu_type file_ct(lp_dtype t) {
+    return t == LP_DTYPE_F32 ? LP_CT_F32 : t == LP_DTYPE_F16 ? LP_CT_F16 : LP_CT_BF16;
+}
+
+/* Copy weight w into dst (compute type), converting through `stage` (a
+ * device buffer of at least the largest raw tensor) if its dtype differs. */
+static int upload_weight(cuda_backend *b, void *dst, const lp__weight *w, void *stage, lp_error *err) {
+    size_t n = (size_t)w->rows * (size_t)w->cols;
+    if (file_ct(w->dtype) == b->ct && (w->dtype == LP_DTYPE_F32 || w->dtype == LP_DTYPE_F16 ||
+                                       w->dtype == LP_DTYPE_BF16)) {
+        CU(cudaMemcpyAsync(dst, w->data, n * b->csz, cudaMemcpyHostToDevice, b->st));
+        return LP_OK;
+    }
+    if (w->dtype != LP_DTYPE_F32 && w->dtype != LP_DTYPE_F16 && w->dtype != LP_DTYPE_BF16)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED, "cuda backend: weight dtype %s", lp_dtype_name(w->dtype));
+    /* stream order keeps the stage's uses apart */
+    CU(cudaMemcpyAsync(stage, w->data, n * lp_dtype_size(w->dtype), cudaMemcpyHostToDevice, b->st));
+    CU(lp_cu_convert(dst, b->ct, stage, (int)w->dtype, n, b->st));
+    return LP_OK;
+}
+
+static int upload_f32(cuda_backend *b, float *dst, const float *src, size_t n, lp_error *err) {
+    if (src)
+        CU(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, b->st));
+    else
+        CU(cudaMemsetAsync(dst, 0, n * sizeof(float), b->st));
+    return LP_OK;
+}
+
+static bool any_bias(const lp__layer *L, int m0, int m1) {
+    for (int m = m0; m <= m1; m++)
+        if (L->bias[m])
+            return true;
+    return false;
+}
+
+/* Lay out (a.base NULL: count) or lay out and upload (a.base set) all weights. */
+static int weights_pass(cuda_backend *b, arena *a, void *stage, lp_error *err) {
+    const lp_model *m = b->base.model;
+    const lp_model_config *c = b->cfg;
+    size_t D = (size_t)c->hidden, F = (size_t)c->ffn, hd = (size_t)c->head_dim;
+    bool up = a->base != NULL;
+    int rc;
+    size_t esz = (size_t)c->vocab * D * b->csz;
+    b->embed = arena_take(a, esz);
+    if (up && (rc = upload_weight(b, b->embed, &m->embed, stage, err)))
+        return rc;
+    if (m->lm_head.data == m->embed.data) {
+        b->lm_head = b->embed;
+    } else {
+        b->lm_head = arena_take(a, esz);
+        if (up && (rc = upload_weight(b, b->lm_head, &m->lm_head, stage, err)))
+            return rc;
+    }
+    b->final_norm = (float *)arena_take(a, D * 4);
+    b->inv_freq = (float *)arena_take(a, hd / 2 * 4);
+    if (up) {
+        if ((rc = upload_f32(b, b->final_norm, m->final_norm, D, err)))
+            return rc;
+        float *inv = (float *)malloc(hd / 2 * sizeof(float));
+        if (!inv)
+            return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+        lp__rope_inv_freq(c, inv);
+        rc = upload_f32(b, b->inv_freq, inv, hd / 2, err);
+        cudaStreamSynchronize(b->st);
+        free(inv);
+        if (rc)
+            return rc;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        const lp__layer *S = &m->layers[l];
+        cu_layer *L = &b->L[l];
+        L->qkv = arena_take(a, (size_t)b->qkv_dim * D * b->csz);
+        L->o = arena_take(a, D * (size_t)b->q_dim * b->csz);
+        L->gu = arena_take(a, 2 * F * D * b->csz);
+        L->down = arena_take(a, D * F * b->csz);
+        L->attn_norm = (float *)arena_take(a, D * 4);
+        L->ffn_norm = (float *)arena_take(a, D * 4);
+        L->q_norm = S->q_norm ? (float *)arena_take(a, hd * 4) : NULL;
+        L->k_norm = S->k_norm ? (float *)arena_take(a, hd * 4) : NULL;
+        L->qkv_b = any_bias(S, LP_MOD_Q, LP_MOD_V) ? (float *)arena_take(a, (size_t)b->qkv_dim * 4) : NULL;
+        L->o_b = S->bias[LP_MOD_O] ? (float *)arena_take(a, D * 4) : NULL;
+        L->gu_b = any_bias(S, LP_MOD_GATE, LP_MOD_UP) ? (float *)arena_take(a, 2 * F * 4) : NULL;
+        L->down_b = S->bias[LP_MOD_DOWN] ? (float *)arena_take(a, D * 4) : NULL;
+        if (!up)
+            continue;
+        char *qkv = (char *)L->qkv, *gu = (char *)L->gu;
+        size_t qb = (size_t)b->q_dim * D * b->csz, kb = (size_t)b->kv_dim * D * b->csz;
+        if ((rc = upload_weight(b, qkv, &S->proj[LP_MOD_Q], stage, err)) ||
+            (rc = upload_weight(b, qkv + qb, &S->proj[LP_MOD_K], stage, err)) ||
+            (rc = upload_weight(b, qkv + qb + kb, &S->proj[LP_MOD_V], stage, err)) ||
+            (rc = upload_weight(b, L->o, &S->proj[LP_MOD_O], stage, err)) ||
+            (rc = upload_weight(b, gu, &S->proj[LP_MOD_GATE], stage, err)) ||
+            (rc = upload_weight(b, gu + F * D * b->csz, &S->proj[LP_MOD_UP], stage, err)) ||
+            (rc = upload_weight(b, L->down, &S->proj[LP_MOD_DOWN], stage, err)) ||
+            (rc = upload_f32(b, L->attn_norm, S->attn_norm, D, err)) ||
+            (rc = upload_f32(b, L->ffn_norm, S->ffn_norm, D, err)))
+            return rc;
+        if (L->q_norm && ((rc = upload_f32(b, L->q_norm, S->q_norm, hd, err)) ||
+                          (rc = upload_f32(b, L->k_norm, S->k_norm, hd, err))))
+            return rc;
+        if (L->qkv_b && ((rc = upload_f32(b, L->qkv_b, S->bias[LP_MOD_Q], (size_t)b->q_dim, err)) ||
+                         (rc = upload_f32(b, L->qkv_b + b->q_dim, S->bias[LP_MOD_K], (size_t)b->kv_dim, err)) ||
+                         (rc = upload_f32(b, L->qkv_b + b->q_dim + b->kv_dim, S->bias[LP_MOD_V],
+                                          (size_t)b->kv_dim, err))))
+            return rc;
+        if (L->o_b && (rc = upload_f32(b, L->o_b, S->bias[LP_MOD_O], D, err)))
+            return rc;
+        if (L->gu_b && ((rc = upload_f32(b, L->gu_b, S->bias[LP_MOD_GATE], F, err)) ||
+                        (rc = upload_f32(b, L->gu_b + F, S->bias[LP_MOD_UP], F, err))))
+            return rc;
+        if (L->down_b && (rc = upload_f32(b, L->down_b, S->bias[LP_MOD_DOWN], D, err)))
+            return rc;
+    }
+    return LP_OK;
+}
+
+/* Largest raw tensor that needs a dtype conversion on upload (0 if none). */
+static size_t conversion_stage_bytes(cuda_backend *b) {
+    const lp_model *m = b->base.model;
+    size_t most = 0;
+    const lp__weight *ws[2] = {&m->embed, &m->lm_head};
+    for (int i = 0; i < 2; i++)
+        if (file_ct(ws[i]->dtype) != b->ct || ws[i]->dtype == LP_DTYPE_F64)
+            most = LP_MAX(most, (size_t)ws[i]->rows * (size_t)ws[i]->cols * lp_dtype_size(ws[i]->dtype));
+    for (int l = 0; l < b->cfg->n_layers; l++)
+        for (int j = 0; j < LP_MOD_COUNT; j++) {
+            const lp__weight *w = &m->layers[l].proj[j];
+            if (file_ct(w->dtype) != b->ct)
+                most = LP_MAX(most, (size_t)w->rows * (size_t)w->cols * lp_dtype_size(w->dtype));
+        }
+    return most;
+}
+
+/* ---- forward ---- */
+
+static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, int ldx, const void *W, int N, int K,
+                           int T) {
+    const float one = 1.0f, zero = 0.0f;
+    cudaDataType t = b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    /* row-major Y (T, N) = X (T, K) W^T (N, K): column-major Y^T = W^T' X^T' */
+    return cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, t, K, X, t, ldx, &zero, Y, CUDA_R_32F,
+                        ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+/* Offsets (int32 elements) of the per-call metadata in h_meta/d_meta. The
+ * block tables come last so that every other offset depends only on the
+ * call's shape (the key of its CUDA graph). */
+typedef struct meta_layout {
+    size_t id, pos, blkoff, lidx, perm, items, alpha, blocks, total;
+} meta_layout;
+
+static meta_layout meta_plan(int64_t T, int64_t n_blocks, int64_t nl, int64_t n_items) {
+    meta_layout m;
+    size_t o = 0;
+#define TAKE(f, n) (m.f = o, o += ((size_t)(n) + 3) / 4 * 4)
+    TAKE(id, T);
+    TAKE(pos, T);
+    TAKE(blkoff, T);
+    TAKE(lidx, nl);
+    TAKE(perm, T);
+    TAKE(items, n_items * 4);
+    TAKE(alpha, T);
+    TAKE(blocks, n_blocks);
+#undef TAKE
+    m.total = o;
+    return m;
+}
+
+static void graphs_clear(cuda_backend *b) {
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (b->graphs[i].exec) {
+            cudaGraphExecDestroy(b->graphs[i].exec);
+            b->graphs[i].exec = NULL;
+        }
+}
+
+static int ensure_meta(cuda_backend *b, size_t need, lp_error *err) {
+    if (need <= b->meta_cap)
+        return LP_OK;
+    size_t cap = need * 2;
+    graphs_clear(b); /* they hold the old device pointers */
+    if (b->h_meta)
+        cudaFreeHost(b->h_meta);
+    if (b->d_meta)
+        cudaFree(b->d_meta);
+    b->h_meta = NULL;
+    b->d_meta = NULL;
+    b->meta_cap = 0;
+    CU(cudaMallocHost((void **)&b->h_meta, cap * sizeof(int32_t)));
+    CU(cudaMalloc((void **)&b->d_meta, cap * sizeof(int32_t)));
+    b->meta_cap = cap;
+    return LP_OK;
+}
+
+/* One multi-LoRA application: shrink then expand over the call's tiles. */
+static int lora_apply(cuda_backend *b, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods, const void *X,
+                      int K, float *Y, int ldy, int64_t T, lp_error *err) {
+    lc->layer = layer;
+    lc->ksplit = lp_cu_lora_ksplit(lc->n_items, mods->n, K, b->n_sm);
+    if (lp_cu_lora_v_floats((int)T, lc->ksplit, lc->rmax) > b->lora_v_floats)
+        return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %lld tokens x %d splits",
+                            (long long)T, lc->ksplit);
+    CU(lp_cu_lora_shrink(lc, mods, X, b->ct, K, K, b->st));
+    CU(lp_cu_lora_expand(lc, mods, Y, ldy, b->st));
+    return LP_OK;
+}
+
+/* Every launch of a call, from the embedding to the logits in b->logits. */
+static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *ml, lp_error *err) {
+    const lp_model_config *c = b->cfg;
+    const lp_backend_params *P = &b->base.params;
+    int D = c->hidden, F = c->ffn, hd = c->head_dim, bs = P->block_size, rc;
+    int64_t T = cs->T;
+    const int32_t *d = b->d_meta;
+    lp_cu_toks tk = {d + ml->id, d + ml->pos, d + ml->blkoff, d + ml->blocks};
+    lp_cu_lora_call lc = {b->d_desc, c->n_layers, 0, (const lp_cu_lora_item *)(d + ml->items), (int)cs->n_items,
+                          d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)T, 1};
+    lp_cu_mods m_qkv = {3, {LP_MOD_Q, LP_MOD_K, LP_MOD_V}, {(int)b->q_dim, (int)b->kv_dim, (int)b->kv_dim},
+                        {0, (int)b->q_dim, (int)(b->q_dim + b->kv_dim)}};
+    lp_cu_mods m_o = {1, {LP_MOD_O}, {D}, {0}};
+    lp_cu_mods m_gu = {2, {LP_MOD_GATE, LP_MOD_UP}, {F, F}, {0, F}};
+    lp_cu_mods m_down = {1, {LP_MOD_DOWN}, {D}, {0}};
+    lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL,
+                       c->rms_eps};
+    lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd, bs, 0, c->sliding_window, cs->splits, b->block_elems,
+                     1.0f / sqrtf((float)hd), b->part};
+
+    CU(lp_cu_embed(b->x, b->embed, b->ct, tk.id, (int)T, D, b->st));
+    for (int l = 0; l < c->n_layers; l++) {
+        const cu_layer *L = &b->L[l];
+        const cu_layer *prev = l ? &b->L[l - 1] : NULL;
+        /* x += previous layer's down output (+ bias); xn = norm(x) */
+        CU(lp_cu_add_rmsnorm(b->x, prev ? b->tmp : NULL, prev ? prev->down_b : NULL, L->attn_norm, b->xn, b->ct,
+                             NULL, (int)T, D, c->rms_eps, b->st));
+        BLAS(gemm(b, b->qkv, (int)b->qkv_dim, b->xn, D, L->qkv, (int)b->qkv_dim, D, (int)T));
+        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_qkv, b->xn, D, b->qkv, (int)b->qkv_dim, T, err)))
+            return rc;
+        rope.layer = l;
+        rope.bias = L->qkv_b;
+        rope.q_norm = L->q_norm;
+        rope.k_norm = L->k_norm;
+        CU(lp_cu_qkv_rope(b->qkv, b->q, b->kv, b->ct, &rope, &tk, (int)T, b->st));
+        at.layer = l;
+        CU(lp_cu_attention(b->q, b->kv, b->ct, b->att, &at, &tk, (int)T, b->st));
+        BLAS(gemm(b, b->tmp, D, b->att, (int)b->q_dim, L->o, D, (int)b->q_dim, (int)T));
+        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_o, b->att, (int)b->q_dim, b->tmp, D, T, err)))
+            return rc;
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, L->o_b, L->ffn_norm, b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
+        BLAS(gemm(b, b->gu, 2 * F, b->xn, D, L->gu, 2 * F, D, (int)T));
+        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_gu, b->xn, D, b->gu, 2 * F, T, err)))
+            return rc;
+        CU(lp_cu_silu_mul(b->gu, L->gu_b, b->act, b->ct, (int)T, F, b->st));
+        BLAS(gemm(b, b->tmp, D, b->act, F, L->down, D, F, (int)T));
+        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_down, b->act, F, b->tmp, D, T, err)))
+            return rc;
+    }
+    if (cs->nl) {
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct,
+                             d + ml->lidx, (int)cs->nl, D, c->rms_eps, b->st));
+        BLAS(gemm(b, b->logits, c->vocab, b->lin, D, b->lm_head, c->vocab, D, (int)cs->nl));
+    }
+    return LP_OK;
+}
+
+/* Launch a decode call through its CUDA graph, capturing it the first time
+ * this shape is seen (least recently used graph replaced). */
+static int run_graph(cuda_backend *b, const call_shape *cs, const meta_layout *ml, lp_error *err) {
+    graph_entry *hit = NULL, *lru = &b->graphs[0];
+    for (int i = 0; i < N_GRAPHS; i++) {
+        graph_entry *g = &b->graphs[i];
+        if (g->exec && !memcmp(&g->key, cs, sizeof *cs))
+            hit = g;
+        if (!g->exec || (lru->exec && g->used < lru->used))
+            lru = g;
+    }
+    if (!hit) {
+        if (lru->exec) {
+            cudaGraphExecDestroy(lru->exec);
+            lru->exec = NULL;
+        }
+        CU(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal));
+        int rc = run_layers(b, cs, ml, err);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(b->st, &graph);
+        if (!rc && e != cudaSuccess)
+            rc = cu_fail(err, e, "graph capture", __LINE__);
+        if (!rc && (e = cudaGraphInstantiate(&lru->exec, graph, 0)) != cudaSuccess) {
+            lru->exec = NULL;
+            rc = cu_fail(err, e, "graph instantiate", __LINE__);
+        }
+        if (graph)
+            cudaGraphDestroy(graph);
+        if (rc) {
+            cudaGetLastError();
+            return rc;
+        }
+        memcpy(&lru->key, cs, sizeof *cs);
+        hit = lru;
+    }
+    hit->used = ++b->graph_clock;
+    CU(cudaGraphLaunch(hit->exec, b->st));
+    return LP_OK;
+}
+
+static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, float *logits, lp_error *err) {
+    cuda_backend *b = (cuda_backend *)base;
+    const lp_model_config *c = b->cfg;
+    const lp_backend_params *P = &base->params;
+    int64_t T, nl;
+    int rc = lp__backend_check_rows(base, rows, n_rows, b->max_ctx, (const void *const *)b->slot_ptrs, &T, &nl,
+                                    err);
+    if (rc)
+        return rc;
+    int bs = P->block_size;
+
+    /* metadata: sizes first */
+    int64_t n_blocks = 0, n_items = 0, n_lora = 0;
+    bool decode = true;
+    for (int i = 0; i < n_rows; i++) {
+        n_blocks += ((int64_t)rows[i].pos0 + rows[i].n_tokens + bs - 1) / bs;
+        decode &= rows[i].n_tokens == 1;
+    }
+    memset(b->cnt, 0, sizeof(int32_t) * (size_t)(P->max_adapters ? P->max_adapters : 1));
+    for (int i = 0; i < n_rows; i++)
+        if (rows[i].adapter >= 0)
+            b->cnt[rows[i].adapter] += rows[i].n_tokens;
+    for (int s = 0; s < P->max_adapters; s++) {
+        n_items += (b->cnt[s] + LP_CU_LORA_TILE - 1) / LP_CU_LORA_TILE;
+        n_lora += b->cnt[s];
+    }
+    meta_layout ml = meta_plan(T, n_blocks, nl, n_items);
+    if ((rc = ensure_meta(b, ml.total, err)))
+        return rc;
+    int32_t *h = b->h_meta;
+    float *alpha = (float *)(h + ml.alpha);
+    int64_t t = 0, nb = 0, li = 0, max_len = 1;
+    for (int i = 0; i < n_rows; i++) {
+        const lp_batch_row *r = &rows[i];
+        int64_t nblk = ((int64_t)r->pos0 + r->n_tokens + bs - 1) / bs;
+        memcpy(h + ml.blocks + nb, r->blocks, sizeof(int32_t) * (size_t)nblk);
+        for (int j = 0; j < r->n_tokens; j++, t++) {
+            int32_t pos = r->pos0 + j;
+            h[ml.id + t] = r->tokens[j];
+            h[ml.pos + t] = pos;
+            h[ml.blkoff + t] = (int32_t)nb;
+            alpha[t] = r->adapter_scale;
+            if (r->logits == LP_LOGITS_ALL || (r->logits == LP_LOGITS_LAST && j == r->n_tokens - 1))
+                h[ml.lidx + li++] = (int32_t)t;
+            int64_t len = c->sliding_window > 0 && pos + 1 > c->sliding_window ? c->sliding_window : pos + 1;
+            max_len = LP_MAX(max_len, len);
+        }
+        nb += nblk;
+    }
+    /* LoRA: tokens grouped by slot (counting sort), cut into tiles */
+    if (n_lora) {
+        int32_t acc = 0, k = 0;
+        lp_cu_lora_item *items = (lp_cu_lora_item *)(h + ml.items);
+        for (int s = 0; s < P->max_adapters; s++) {
+            for (int32_t p = 0; p < b->cnt[s]; p += LP_CU_LORA_TILE) {
+                lp_cu_lora_item it = {s, acc + p, LP_MIN(LP_CU_LORA_TILE, b->cnt[s] - p), 0};
+                items[k++] = it;
+            }
+            int32_t n = b->cnt[s];
+            b->cnt[s] = acc; /* from here on: next free place of the slot in perm */
+            acc += n;
+        }
+        t = 0;
+        for (int i = 0; i < n_rows; i++)
+            for (int j = 0; j < rows[i].n_tokens; j++, t++)
+                if (rows[i].adapter >= 0)
+                    h[ml.perm + b->cnt[rows[i].adapter]++] = (int32_t)t;
+    }
+    CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
+    for (int i = 0; i < n_rows; i++)
+        if (rows[i].adapter >= 0)
+            CU(cudaStreamWaitEvent(b->st, b->slots[rows[i].adapter].ready, 0));
+
+    /* attention split along the sequence when the batch alone leaves SMs idle */
+    int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
+    int splits = 1;
+    if (T * yg < 2 * b->n_sm && max_len > 128) {
+        int64_t want = (2 * b->n_sm + T * yg - 1) / (T * yg);
+        splits = (int)LP_MIN(LP_MIN(want, (int64_t)MAX_ATT_SPLITS), (max_len + 63) / 64);
+        splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / T);
+        if (splits < 1)
+            splits = 1;
+    }
+    call_shape cs;
+    memset(&cs, 0, sizeof cs); /* compared with memcmp */
+    cs.T = T;
+    cs.nl = nl;
+    cs.n_items = n_items;
+    cs.splits = splits;
+    cs.lora = n_lora > 0;
+    /* a graph pays off once a shape repeats: steady decode does, a batch
+     * whose rows come and go every step does not */
+    bool repeat = !memcmp(&cs, &b->last_shape, sizeof cs);
+    memcpy(&b->last_shape, &cs, sizeof cs);
+    rc = decode && b->use_graphs && repeat ? run_graph(b, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
+    if (rc)
+        return rc;
+    if (nl)
+        CU(cudaMemcpyAsync(logits, b->logits, (size_t)nl * (size_t)c->vocab * sizeof(float), cudaMemcpyDeviceToHost,
+                           b->st));
+    CU(cudaStreamSynchronize(b->st));
+    CU(cudaGetLastError());
+    return LP_OK;
+}
+
+/* ---- device tier ---- */
+
+static void slot_release(cuda_backend *b, int slot) {
+    cu_slot *s = &b->slots[slot];
+    if (!s->a)
+        return;
+    cudaStreamSynchronize(b->cp);
+    cudaStreamSynchronize(b->st);
+    size_t per = (size_t)b->cfg->n_layers * 7;
+    memset(b->h_desc + (size_t)slot * per, 0, per * sizeof(lp_cu_lora_desc));
+    cudaMemcpy(b->d_desc + (size_t)slot * per, b->h_desc + (size_t)slot * per, per * sizeof(lp_cu_lora_desc),
+               cudaMemcpyHostToDevice);
+    if (s->dev)
+        cudaFreeAsync(s->dev, b->cp);
+    cudaStreamSynchronize(b->cp);
+    if (s->host)
+        cudaFreeHost(s->host);
+    s->dev = s->host = NULL;
+    s->a = NULL;
+    b->slot_ptrs[slot] = NULL;
+}
+
+static void cuda_adapter_unload(lp_backend *base, int slot) {
+    cuda_backend *b = (cuda_backend *)base;
+    if (slot >= 0 && slot < base->params.max_adapters)
+        slot_release(b, slot);
+}
+
+/* w (rows, cols) into dst as bf16 or fp32, optionally transposed. */
+static void adapter_rows(void *dst, bool f32, const lp__weight *w, bool transpose) {
+    int64_t R = w->rows, C = w->cols;
+    if (!transpose && w->dtype == (f32 ? LP_DTYPE_F32 : LP_DTYPE_BF16)) {
+        memcpy(dst, w->data, (size_t)(R * C) * (f32 ? 4 : 2));
+        return;
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t k = 0; k < C; k++) {
+            float v = lp__load_f32(w->data, w->dtype, r * C + k);
+            int64_t i = transpose ? k * R + r : r * C + k;
+            if (f32)
+                ((float *)dst)[i] = v;
+            else
+                ((__nv_bfloat16 *)dst)[i] = __float2bfloat16(v);
+        }
+}
+
+/* fp32 adapter files stay fp32 on the GPU (their deltas can dominate the
+ * output; bf16 would cost ~1e-2 of the logits), the others become bf16. */
+static bool adapter_keeps_f32(const lp__lora_mod *md) {
+    return md->A.dtype == LP_DTYPE_F32 || md->B.dtype == LP_DTYPE_F32;
+}
+
+static int cuda_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
+    cuda_backend *b = (cuda_backend *)base;
+    const lp_model_config *c = b->cfg;
+    int rc = lp__backend_check_adapter(base, slot, a, err);
+    if (rc)
+        return rc;
+    slot_release(b, slot);
+    /* layout: per adapted (layer, module) A, Bt (bf16) and the DoRA scale */
+    arena lay = {NULL, 0};
+    for (int l = 0; l < c->n_layers; l++)
+        for (int m = 0; m < LP_MOD_COUNT; m++) {
+            const lp__lora_mod *md = lp__adapter_mod(a, l, m);
+            if (!md->rank)
+                continue;
+            size_t es = adapter_keeps_f32(md) ? 4 : 2;
+            arena_take(&lay, (size_t)md->rank * (size_t)md->A.cols * es);
+            arena_take(&lay, (size_t)md->rank * (size_t)md->B.rows * es);
+            if (md->dora_scale)
+                arena_take(&lay, (size_t)md->B.rows * 4);
+        }
+    cu_slot *s = &b->slots[slot];
+    size_t bytes = lay.used ? lay.used : ALIGN;
+    if (cudaMallocHost(&s->host, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        s->host = NULL;
+        return lp_error_set(err, LP_ERR_NOMEM, "%s: no pinned host memory for %zu MiB of adapter", a->dir,
+                            bytes >> 20);
+    }
+    cudaError_t e = cudaMallocFromPoolAsync(&s->dev, bytes, b->pool, b->cp);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        cudaFreeHost(s->host);
+        s->host = s->dev = NULL;
+        return lp_error_set(err, LP_ERR_NOMEM, "%s: no GPU memory for %zu MiB of adapter", a->dir, bytes >> 20);
+    }
+    arena hst = {(char *)s->host, 0}, dev = {(char *)s->dev, 0};
+    size_t per = (size_t)c->n_layers * 7;
+    lp_cu_lora_desc *desc = b->h_desc + (size_t)slot * per;
+    memset(desc, 0, per * sizeof(*desc));
+    for (int l = 0; l < c->n_layers; l++)
+        for (int m = 0; m < LP_MOD_COUNT; m++) {
+            const lp__lora_mod *md = lp__adapter_mod(a, l, m);
+            if (!md->rank)
+                continue;
+            size_t an = (size_t)md->rank * (size_t)md->A.cols, bn = (size_t)md->rank * (size_t)md->B.rows;
+            bool f32 = adapter_keeps_f32(md);
+            size_t es = f32 ? 4 : 2;
+            adapter_rows(arena_take(&hst, an * es), f32, &md->A, false);
+            adapter_rows(arena_take(&hst, bn * es), f32, &md->B, true);
+            lp_cu_lora_desc *dd = &desc[(size_t)l * 7 + m];
+            dd->A = arena_take(&dev, an * es);
+            dd->Bt = arena_take(&dev, bn * es);
+            dd->scaling = md->scaling;
+            dd->rank = md->rank;
+            dd->f32 = f32;
+            if (md->dora_scale) {
+                memcpy(arena_take(&hst, (size_t)md->B.rows * 4), md->dora_scale, (size_t)md->B.rows * 4);
+                dd->dora = (const float *)arena_take(&dev, (size_t)md->B.rows * 4);
+            }
+        }
+    e = cudaMemcpyAsync(s->dev, s->host, bytes, cudaMemcpyHostToDevice, b->cp);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(b->d_desc + (size_t)slot * per, desc, per * sizeof(*desc), cudaMemcpyHostToDevice, b->cp);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(s->ready, b->cp);
+    s->a = a;
+    b->slot_ptrs[slot] = a;
+    if (e != cudaSuccess) {
+        rc = cu_fail(err, e, "adapter copy", __LINE__);
+        slot_release(b, slot);
+    }
+    return rc;
+}
+
+/* ---- life cycle ---- */
+
+static void cuda_free(lp_backend *base) {
+    cuda_backend *b = (cuda_backend *)base;
+    if (!b)
+        return;
+    if (b->st)
+        cudaStreamSynchronize(b->st);
+    graphs_clear(b);
+    for (int i = 0; b->slots && i < base->params.max_adapters; i++) {
+        slot_release(b, i);
+        if (b->slots[i].ready)
+            cudaEventDestroy(b->slots[i].ready);
+    }
+    void *dev[] = {b->arena, b->kv, b->x, b->tmp, b->qkv, b->q, b->gu, b->part, b->logits, b->lora_v,
+                   b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
+        if (dev[i])
+            cudaFree(dev[i]);
+    if (b->h_meta)
+        cudaFreeHost(b->h_meta);
+    if (b->h_desc)
+        cudaFreeHost(b->h_desc);
+    if (b->blas)
+        cublasDestroy(b->blas);
+    if (b->st)
+        cudaStreamDestroy(b->st);
+    if (b->cp)
+        cudaStreamDestroy(b->cp);
+    free(b->L);
+    free(b->slots);
+    free(b->slot_ptrs);
+    free(b->cnt);
+    free(b);
+}
+
+static const lp_backend_ops k_cuda_ops = {
+    "cuda", cuda_free, cuda_forward, cuda_adapter_load, cuda_adapter_unload,
+};
+
+static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {
+    cudaError_t e = cudaMalloc((void **)p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return lp_error_set(err, LP_ERR_NOMEM, "cuda backend: no GPU memory for %s (%zu MiB; %zu MiB free)", what,
+                            bytes >> 20, fr >> 20);
+    }
+    return LP_OK;
+}
+
+static int cuda_init(cuda_backend *b, lp_error *err) {
+    const lp_model_config *c = b->cfg;
+    const lp_backend_params *P = &b->base.params;
+    int dev = 0, rc;
+    CU(cudaGetDevice(&dev));
+    cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, dev));
+    b->n_sm = prop.multiProcessorCount;
+    snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
+    CU(cudaStreamCreateWithFlags(&b->st, cudaStreamNonBlocking));
+    CU(cudaStreamCreateWithFlags(&b->cp, cudaStreamNonBlocking));
+    BLAS(cublasCreate(&b->blas));
+    BLAS(cublasSetStream(b->blas, b->st));
+    BLAS(cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 for fp32 models */
+    size_t ws_bytes = (size_t)32 << 20;
+    if ((rc = dmalloc(&b->blas_ws, ws_bytes, "cuBLAS workspace", err)))
+        return rc;
+    BLAS(cublasSetWorkspace(b->blas, b->blas_ws, ws_bytes));
+    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS");
+    b->use_graphs = !(ge && !strcmp(ge, "0"));
+    CU(cudaDeviceGetDefaultMemPool(&b->pool, dev));
+    uint64_t keep = UINT64_MAX; /* freed adapter memory stays in the pool for the next load */
+    CU(cudaMemPoolSetAttribute(b->pool, cudaMemPoolAttrReleaseThreshold, &keep));
+
+    /* weights: count, allocate one arena, upload */
+    arena a = {NULL, 0};
+    if ((rc = weights_pass(b, &a, NULL, err)))
+        return rc;
+    if ((rc = dmalloc(&b->arena, a.used, "the model weights", err)))
+        return rc;
+    size_t stage_bytes = conversion_stage_bytes(b);
+    void *stage = NULL;
+    if (stage_bytes && (rc = dmalloc(&stage, stage_bytes, "weight conversion", err)))
+        return rc;
+    a.base = (char *)b->arena;
+    a.used = 0;
+    rc = weights_pass(b, &a, stage, err);
+    cudaError_t se = cudaStreamSynchronize(b->st);
+    if (!rc && se != cudaSuccess)
+        rc = cu_fail(err, se, "weight upload", __LINE__);
+    if (stage)
+        cudaFree(stage);
+    if (rc)
+        return rc;
+
+    b->block_elems = (size_t)c->n_layers * 2 * (size_t)b->kv_dim * (size_t)P->block_size;
+    if ((rc = dmalloc(&b->kv, b->block_elems * (size_t)P->n_kv_blocks * b->csz, "the KV cache", err)))
+        return rc;
+    size_t T = (size_t)P->max_tokens, D = (size_t)c->hidden, F = (size_t)c->ffn;
+    size_t wide = LP_MAX(LP_MAX(D, (size_t)b->q_dim), F);
+    /* LoRA partials: at most ceil(K/1024) splits per token once the tiles fill
+     * the GPU, and at most 2 x 2 n_sm split-tiles of 8 tokens before that */
+    size_t lo = (wide + 1023) / 1024;
+    b->lora_v_floats = LP_MAX(lo * T, (size_t)(32 * b->n_sm) * LP_CU_LORA_TILE) * LP_CU_MAX_MODS *
+                       (size_t)P->max_lora_rank;
+    if ((rc = dmalloc(&b->x, T * D * 4, "activations", err)) || (rc = dmalloc(&b->tmp, T * D * 4, "activations", err)) ||
+        (rc = dmalloc(&b->qkv, T * (size_t)b->qkv_dim * 4, "activations", err)) ||
+        (rc = dmalloc(&b->q, T * (size_t)b->q_dim * 4, "activations", err)) ||
+        (rc = dmalloc(&b->gu, T * 2 * F * 4, "activations", err)) ||
+        (rc = dmalloc(&b->part, (size_t)PART_TOKEN_SPLITS * (size_t)c->n_heads * (size_t)(c->head_dim + 2) * 4,
+                      "attention partials", err)) ||
+        (rc = dmalloc(&b->logits, (size_t)P->max_logit_rows * (size_t)c->vocab * 4, "logits", err)) ||
+        (rc = dmalloc(&b->lora_v, b->lora_v_floats * 4, "LoRA scratch", err)) ||
+        (rc = dmalloc(&b->xn, T * D * b->csz, "activations", err)) ||
+        (rc = dmalloc(&b->att, T * (size_t)b->q_dim * b->csz, "activations", err)) ||
+        (rc = dmalloc(&b->act, T * wide * b->csz, "activations", err)) ||
+        (rc = dmalloc(&b->lin, (size_t)P->max_logit_rows * D * b->csz, "activations", err)))
+        return rc;
+    size_t nd = (size_t)(P->max_adapters ? P->max_adapters : 1) * (size_t)c->n_layers * 7;
+    CU(cudaMallocHost((void **)&b->h_desc, nd * sizeof(lp_cu_lora_desc)));
+    memset(b->h_desc, 0, nd * sizeof(lp_cu_lora_desc));
+    if ((rc = dmalloc(&b->d_desc, nd * sizeof(lp_cu_lora_desc), "adapter table", err)))
+        return rc;
+    CU(cudaMemset(b->d_desc, 0, nd * sizeof(lp_cu_lora_desc)));
+    for (int i = 0; i < P->max_adapters; i++)
+        CU(cudaEventCreateWithFlags(&b->slots[i].ready, cudaEventDisableTiming));
+    if ((rc = ensure_meta(b, 4096, err)))
+        return rc;
+    CU(cudaDeviceSynchronize());
+    return LP_OK;
+}
+
+extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_params *params, lp_backend **out,
+                                   lp_error *err) {
+    *out = NULL;
+    lp_backend_params P = params ? *params : lp_backend_default_params();
+    if (P.n_kv_blocks < 1 || P.block_size < 1 || P.max_tokens < 1 || P.max_rows < 1 || P.max_logit_rows < 1 ||
+        P.max_adapters < 0 || P.max_lora_rank < 1)
+        return lp_error_set(err, LP_ERR_INVALID, "cuda backend: all sizes must be positive");
+    if (P.max_lora_rank > 256)
+        return lp_error_set(err, LP_ERR_LIMIT, "cuda backend: max LoRA rank %d (the kernels take up to 256)",
+                            P.max_lora_rank);
+    if (lp_cuda_device_count() == 0)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED, "cuda backend: no CUDA device");
+    const lp_model_config *c = lp_model_get_config(model);
+    if (c->head_dim > 256 || c->head_dim % 2)
+        return lp_error_set(err, LP_ERR_UNSUPPORTED, "cuda backend: head_dim %d (even, at most 256)", c->head_dim);
+    cuda_backend *b = (cuda_backend *)calloc(1, sizeof *b);
+    if (!b)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    b->base.ops = &k_cuda_ops;
+    b->base.model = model;
+    b->base.params = P;
+    b->cfg = c;
+    b->ct = file_ct(model->layers[0].proj[LP_MOD_Q].dtype);
+    b->csz = lp_cu_type_size(b->ct);
+    b->q_dim = (int64_t)c->n_heads * c->head_dim;
+    b->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    b->qkv_dim = b->q_dim + 2 * b->kv_dim;
+    b->max_ctx = (int64_t)P.n_kv_blocks * P.block_size;
+    int na = P.max_adapters ? P.max_adapters : 1;
+    b->L = (cu_layer *)calloc((size_t)c->n_layers, sizeof(cu_layer));
+    b->slots = (cu_slot *)calloc((size_t)na, sizeof(cu_slot));
+    b->slot_ptrs = (const lp_adapter **)calloc((size_t)na, sizeof(*b->slot_ptrs));
+    b->cnt = (int32_t *)calloc((size_t)na, sizeof(int32_t));
+    int rc = !b->L || !b->slots || !b->slot_ptrs || !b->cnt ? lp_error_set(err, LP_ERR_NOMEM, "out of memory")
+                                                           : cuda_init(b, err);
+    if (rc) {
+        cuda_free(&b->base);
+        return rc;
+    }
+    LP_INFO("cuda backend: %s, %d SMs, weights %.2f GiB (%s), KV cache %.2f GiB", b->device_name, b->n_sm,
+            (double)((size_t)lp_model_weight_bytes(model)) / (1 << 30),
+            b->ct == LP_CT_F32 ? "fp32" : b->ct == LP_CT_F16 ? "fp16" : "bf16",
+            (double)(b->block_elems * (size_t)P.n_kv_blocks * b->csz) / (1 << 30));
+    *out = &b->base;
+    return LP_OK;
+}

@@ -1,0 +1,385 @@
+/* kernels.cu - the CUDA backend's non-matrix kernels: dtype conversion,
+ * embedding gather, fused residual add + RMSNorm, fused q/k/v bias + q/k
+ * norm + rotary embedding + paged KV write, paged attention (split along the
+ * sequence, one kernel for prefill and decode), SiLU-mul. Dense matrix
+ * products go through cuBLAS (cuda_backend.cu), LoRA through lora.cu. */
+#include <math.h>
+
+#include "backend/cuda/cuda-device.cuh"
+
+/* lp_dtype values of the file dtypes a weight can have (include/loraplex/dtype.h) */
+enum { FILE_F32 = 1, FILE_F16 = 2, FILE_BF16 = 3 };
+
+template <typename D, typename S>
+__global__ void convert_kernel(D *dst, const S *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = lp_to<D>(lp_f(src[i]));
+}
+
+template <typename D>
+static cudaError_t convert_to(D *dst, const void *src, int src_dt, size_t n, cudaStream_t s) {
+    unsigned grid = (unsigned)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
+    if (grid == 0)
+        return cudaSuccess;
+    if (src_dt == FILE_F32)
+        convert_kernel<<<grid, 256, 0, s>>>(dst, (const float *)src, n);
+    else if (src_dt == FILE_F16)
+        convert_kernel<<<grid, 256, 0, s>>>(dst, (const __half *)src, n);
+    else if (src_dt == FILE_BF16)
+        convert_kernel<<<grid, 256, 0, s>>>(dst, (const bf16 *)src, n);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+cudaError_t lp_cu_convert(void *dst, lp_cu_type dt, const void *src, int src_dt, size_t n, cudaStream_t s) {
+    switch (dt) {
+    case LP_CT_F32: return convert_to((float *)dst, src, src_dt, n, s);
+    case LP_CT_F16: return convert_to((__half *)dst, src, src_dt, n, s);
+    default: return convert_to((bf16 *)dst, src, src_dt, n, s);
+    }
+}
+
+template <typename T>
+__global__ void embed_kernel(float *x, const T *embed, const int32_t *ids, int D) {
+    const T *row = embed + (size_t)ids[blockIdx.x] * D;
+    float *out = x + (size_t)blockIdx.x * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        out[i] = lp_f(row[i]);
+}
+
+cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_t *ids, int T, int D,
+                        cudaStream_t s) {
+    if (et == LP_CT_F32)
+        embed_kernel<<<T, 256, 0, s>>>(x, (const float *)embed, ids, D);
+    else if (et == LP_CT_F16)
+        embed_kernel<<<T, 256, 0, s>>>(x, (const __half *)embed, ids, D);
+    else
+        embed_kernel<<<T, 256, 0, s>>>(x, (const bf16 *)embed, ids, D);
+    return cudaGetLastError();
+}
+
+template <typename T>
+__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *bias, const float *w, T *out,
+                                   const int32_t *idx, int D, float eps) {
+    int t = idx ? idx[blockIdx.x] : blockIdx.x;
+    float *xr = x + (size_t)t * D;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        float v = xr[j];
+        if (add) {
+            v += add[(size_t)t * D + j] + (bias ? bias[j] : 0.0f);
+            xr[j] = v;
+        }
+        ss += v * v;
+    }
+    ss = lp_block_sum(ss);
+    float r = 1.0f / sqrtf(ss / (float)D + eps);
+    T *o = out + (size_t)blockIdx.x * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x)
+        o[j] = lp_to<T>(w[j] * (xr[j] * r));
+}
+
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *bias, const float *w, void *out,
+                              lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps, cudaStream_t s) {
+    if (n_out <= 0)
+        return cudaSuccess;
+    int th = D >= 2048 ? 512 : 256;
+    if (ot == LP_CT_F32)
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (float *)out, idx, D, eps);
+    else if (ot == LP_CT_F16)
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (__half *)out, idx, D, eps);
+    else
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (bf16 *)out, idx, D, eps);
+    return cudaGetLastError();
+}
+
+/* Element offset of (layer, which = 0 K / 1 V, kv head g, position p) in the
+ * paged cache: [block][layer][k|v][kv_head][slot][head_dim]. */
+__device__ __forceinline__ size_t kv_off(const int32_t *bt, int p, int layer, int which, int g, int KVH, int bs,
+                                         int hd, size_t block_elems) {
+    return (size_t)bt[p / bs] * block_elems + ((((size_t)layer * 2 + which) * KVH + g) * bs + p % bs) * hd;
+}
+
+/* grid (T, H + 2 KVH), block >= hd/2 threads (a multiple of 32): thread i
+ * holds the rotary pair (i, i + hd/2) of one head. */
+template <typename KT>
+__global__ void qkv_rope_kernel(const float *qkv, float *qout, KT *kv, lp_cu_rope r, lp_cu_toks tk) {
+    int t = blockIdx.x, y = blockIdx.y, i = threadIdx.x, hd = r.hd, half = hd / 2;
+    int qdim = r.H * hd, kvdim = r.KVH * hd, ld = qdim + 2 * kvdim;
+    int kind = y < r.H ? 0 : y < r.H + r.KVH ? 1 : 2; /* q, k, v */
+    int head = kind == 0 ? y : kind == 1 ? y - r.H : y - r.H - r.KVH;
+    int col = kind == 0 ? head * hd : kind == 1 ? qdim + head * hd : qdim + kvdim + head * hd;
+    const float *src = qkv + (size_t)t * ld + col;
+    bool on = i < half;
+    float a = on ? src[i] + (r.bias ? r.bias[col + i] : 0.0f) : 0.0f;
+    float b = on ? src[i + half] + (r.bias ? r.bias[col + i + half] : 0.0f) : 0.0f;
+    int pos = tk.pos[t];
+    if (kind < 2) {
+        const float *nw = kind == 0 ? r.q_norm : r.k_norm;
+        if (nw) { /* uniform per block */
+            float ss = lp_block_sum(a * a + b * b);
+            float rr = 1.0f / sqrtf(ss / (float)hd + r.eps);
+            if (on) {
+                a = nw[i] * (a * rr);
+                b = nw[i + half] * (b * rr);
+            }
+        }
+        if (on) {
+            float ang = (float)pos * r.inv_freq[i];
+            float cs = cosf(ang), sn = sinf(ang);
+            float na = a * cs - b * sn, nb = b * cs + a * sn;
+            a = na;
+            b = nb;
+        }
+    }
+    if (!on)
+        return;
+    if (kind == 0) {
+        float *o = qout + (size_t)t * qdim + head * hd;
+        o[i] = a;
+        o[i + half] = b;
+    } else {
+        const int32_t *bt = tk.blocks + tk.blkoff[t];
+        KT *o = kv + kv_off(bt, pos, r.layer, kind - 1, head, r.KVH, r.bs, hd, r.block_elems);
+        o[i] = lp_to<KT>(a);
+        o[i + half] = lp_to<KT>(b);
+    }
+}
+
+cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type kt, const lp_cu_rope *r,
+                           const lp_cu_toks *tk, int T, cudaStream_t s) {
+    dim3 grid(T, r->H + 2 * r->KVH);
+    int th = ((r->hd / 2 + 31) / 32) * 32;
+    if (kt == LP_CT_F32)
+        qkv_rope_kernel<<<grid, th, 0, s>>>(qkv, qout, (float *)kv, *r, *tk);
+    else if (kt == LP_CT_F16)
+        qkv_rope_kernel<<<grid, th, 0, s>>>(qkv, qout, (__half *)kv, *r, *tk);
+    else
+        qkv_rope_kernel<<<grid, th, 0, s>>>(qkv, qout, (bf16 *)kv, *r, *tk);
+    return cudaGetLastError();
+}
+
+/* Attention. One block per (token, kv head [, group of up to ATT_MAXG of its
+ * query heads], split): its warps take positions in turn, each keeping an
+ * online softmax per query head over the positions it saw; the warps are
+ * merged in shared memory at the end. Lane l holds the ND consecutive
+ * head-dim elements l*ND .. l*ND+ND-1, read with one vector load. */
+#define ATT_WARPS 4
+#define ATT_MAXG LP_CU_ATT_HEADS
+
+template <typename KT, int ND> struct __align__(sizeof(KT) * ND) kv_vec { KT v[ND]; };
+
+/* out[i] = p[i] for the lane's ND elements, zero past hd. */
+template <typename KT, int ND>
+__device__ __forceinline__ void load_lane(const KT *p, int lane, int hd, float *out) {
+    int d0 = lane * ND;
+    if (d0 + ND <= hd && hd % ND == 0) {
+        kv_vec<KT, ND> r = *(const kv_vec<KT, ND> *)(p + d0);
+#pragma unroll
+        for (int i = 0; i < ND; i++)
+            out[i] = lp_f(r.v[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < ND; i++)
+            out[i] = d0 + i < hd ? lp_f(p[d0 + i]) : 0.0f;
+    }
+}
+
+template <typename KT, int ND>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    attention_kernel(const float *q, const KT *kv, KT *out, lp_cu_attn a, lp_cu_toks tk) {
+    __shared__ float sm_m[ATT_WARPS][ATT_MAXG], sm_l[ATT_WARPS][ATT_MAXG];
+    __shared__ float sm_acc[ATT_WARPS][ATT_MAXG][ND * 32];
+    int t = blockIdx.x, split = blockIdx.z, hd = a.hd;
+    int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    int g = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
+    int h0 = g * group + hc * ATT_MAXG, ng = min(ATT_MAXG, group - hc * ATT_MAXG);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, qdim = a.H * hd;
+    int pos = tk.pos[t];
+    int start = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+    /* each token cuts its own range into equal parts: the launch depends on
+     * no per-call length, so decode steps replay one CUDA graph */
+    int len = pos + 1 - start, chunk = (len + a.splits - 1) / a.splits;
+    int lo = start + split * chunk, hi = min(pos + 1, lo + chunk);
+    const int32_t *bt = tk.blocks + tk.blkoff[t];
+
+    float qr[ATT_MAXG][ND], acc[ATT_MAXG][ND], m[ATT_MAXG], l[ATT_MAXG];
+#pragma unroll
+    for (int j = 0; j < ATT_MAXG; j++) {
+        m[j] = -INFINITY;
+        l[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            int d = lane * ND + i;
+            qr[j][i] = j < ng && d < hd ? q[(size_t)t * qdim + (size_t)(h0 + j) * hd + d] : 0.0f;
+            acc[j][i] = 0.0f;
+        }
+    }
+    /* each warp takes U consecutive positions at a time and issues their
+     * K and V loads before using any: U loads in flight per lane */
+    constexpr int U = ND >= 8 ? 2 : 4;
+    for (int p0 = lo + warp * U; p0 < hi; p0 += ATT_WARPS * U) {
+        float kr[U][ND], vr[U][ND];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int p = p0 + u;
+            if (p < hi) {
+                load_lane<KT, ND>(kv + kv_off(bt, p, a.layer, 0, g, a.KVH, a.bs, hd, a.block_elems), lane, hd, kr[u]);
+                load_lane<KT, ND>(kv + kv_off(bt, p, a.layer, 1, g, a.KVH, a.bs, hd, a.block_elems), lane, hd, vr[u]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < ND; i++)
+                    kr[u][i] = vr[u][i] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < ATT_MAXG; j++) {
+            if (j < ng) {
+                float sc[U], mn = m[j];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    float sdot = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < ND; i++)
+                        sdot += qr[j][i] * kr[u][i];
+                    sc[u] = p0 + u < hi ? lp_warp_sum(sdot) * a.scale : -INFINITY;
+                    mn = fmaxf(mn, sc[u]);
+                }
+                float corr = expf(m[j] - mn); /* m = -inf first: 0 */
+                l[j] *= corr;
+#pragma unroll
+                for (int i = 0; i < ND; i++)
+                    acc[j][i] *= corr;
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    float pe = expf(sc[u] - mn); /* past hi: exp(-inf) = 0 */
+                    l[j] += pe;
+#pragma unroll
+                    for (int i = 0; i < ND; i++)
+                        acc[j][i] += pe * vr[u][i];
+                }
+                m[j] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_MAXG; j++) {
+        if (lane == 0) {
+            sm_m[warp][j] = m[j];
+            sm_l[warp][j] = l[j];
+        }
+#pragma unroll
+        for (int i = 0; i < ND; i++)
+            sm_acc[warp][j][lane * ND + i] = acc[j][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < ng * hd; e += blockDim.x) {
+        int j = e / hd, d = e % hd;
+        float M = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; w++)
+            M = fmaxf(M, sm_m[w][j]);
+        float L = 0.0f, O = 0.0f;
+        if (M != -INFINITY)
+            for (int w = 0; w < ATT_WARPS; w++) {
+                if (sm_m[w][j] == -INFINITY)
+                    continue;
+                float f = expf(sm_m[w][j] - M);
+                L += sm_l[w][j] * f;
+                O += sm_acc[w][j][d] * f;
+            }
+        int h = h0 + j;
+        if (a.splits == 1) {
+            out[(size_t)t * qdim + (size_t)h * hd + d] = lp_to<KT>(O / L);
+        } else {
+            float *pp = a.part + (((size_t)t * a.H + h) * a.splits + split) * (hd + 2);
+            pp[d] = O;
+            if (d == 0) {
+                pp[hd] = M;
+                pp[hd + 1] = L;
+            }
+        }
+    }
+}
+
+template <typename KT>
+__global__ void attention_combine_kernel(KT *out, lp_cu_attn a) {
+    int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x, hd = a.hd;
+    if (d >= hd)
+        return;
+    const float *pp = a.part + ((size_t)t * a.H + h) * a.splits * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < a.splits; s++)
+        M = fmaxf(M, pp[s * (hd + 2) + hd]);
+    float L = 0.0f, O = 0.0f;
+    for (int s = 0; s < a.splits; s++) {
+        float ms = pp[s * (hd + 2) + hd];
+        if (ms == -INFINITY)
+            continue;
+        float f = expf(ms - M);
+        L += pp[s * (hd + 2) + hd + 1] * f;
+        O += pp[s * (hd + 2) + d] * f;
+    }
+    out[(size_t)t * a.H * hd + (size_t)h * hd + d] = lp_to<KT>(O / L);
+}
+
+template <typename KT, int ND>
+static cudaError_t attention_launch(const float *q, const void *kv, void *out, const lp_cu_attn *a,
+                                    const lp_cu_toks *tk, int T, cudaStream_t s) {
+    int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    dim3 grid(T, a->KVH * hchunks, a->splits);
+    attention_kernel<KT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (KT *)out, *a, *tk);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || a->splits == 1)
+        return e;
+    attention_combine_kernel<KT><<<dim3(T, a->H), ((a->hd + 31) / 32) * 32, 0, s>>>((KT *)out, *a);
+    return cudaGetLastError();
+}
+
+template <typename KT>
+static cudaError_t attention_nd(const float *q, const void *kv, void *out, const lp_cu_attn *a,
+                                const lp_cu_toks *tk, int T, cudaStream_t s) {
+    if (a->hd <= 32)
+        return attention_launch<KT, 1>(q, kv, out, a, tk, T, s);
+    if (a->hd <= 64)
+        return attention_launch<KT, 2>(q, kv, out, a, tk, T, s);
+    if (a->hd <= 128)
+        return attention_launch<KT, 4>(q, kv, out, a, tk, T, s);
+    if (a->hd <= 256)
+        return attention_launch<KT, 8>(q, kv, out, a, tk, T, s);
+    return cudaErrorInvalidValue;
+}
+
+cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, const lp_cu_attn *a,
+                            const lp_cu_toks *tk, int T, cudaStream_t s) {
+    if (kt == LP_CT_F32)
+        return attention_nd<float>(q, kv, out, a, tk, T, s);
+    if (kt == LP_CT_F16)
+        return attention_nd<__half>(q, kv, out, a, tk, T, s);
+    return attention_nd<bf16>(q, kv, out, a, tk, T, s);
+}
+
+template <typename T>
+__global__ void silu_mul_kernel(const float *gu, const float *bias, T *out, int Tn, int F) {
+    size_t n = (size_t)Tn * F;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        size_t t = e / F;
+        int i = (int)(e % F);
+        float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f);
+        float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f);
+        out[e] = lp_to<T>(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+cudaError_t lp_cu_silu_mul(const float *gu, const float *bias, void *out, lp_cu_type ot, int T, int F,
+                           cudaStream_t s) {
+    size_t n = (size_t)T * F;
+    unsigned grid = (unsigned)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
+    if (ot == LP_CT_F32)
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (float *)out, T, F);
+    else if (ot == LP_CT_F16)
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (__half *)out, T, F);
+    else
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (bf16 *)out, T, F);
+    return cudaGetLastError();
+}

@@ -1,0 +1,438 @@
+/* test_cuda.c - the CUDA backend against the transformers + PEFT reference
+ * and the CPU backend, for each fixture family given:
+ *   a. base + every fixture adapter, every prompt: logits at every position
+ *      within 1e-2 relative L2 of the reference (bf16 KV and tensor cores);
+ *   b. 16-token greedy continuations equal the reference's, except that at a
+ *      step where the CPU backend (= the reference to 3e-6) sees a top-2
+ *      logit margin <= 0.05 the GPU may pick the other token (the rest of that
+ *      continuation is then not compared);
+ *   c. one mixed batch of base and adapter rows (ranks 4-16, rsLoRA, DoRA),
+ *      fresh prefills with every position's logits, prefill chunks after
+ *      cached tokens, decode rows, scales 0.5-1.0: each row within 1e-2 of the
+ *      CPU backend running it alone and within 1e-3 of the GPU running it alone;
+ *   d. bad adapter slots, slots not loaded and ranks over max_lora_rank are
+ *      errors with a message, and the backend keeps working.
+ * Without a CUDA device (or in a build without the CUDA backend) it prints
+ * "no CUDA device: skipped" and exits 77, which CTest counts as skipped.
+ * usage: test_cuda FIXTURE_DIR... (tests/data/conform/<family>) */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "loraplex/adapter.h"
+#include "loraplex/model.h"
+#include "model/conform.h"
+#include "testlib.h"
+
+#define MAX_TAGS 16
+#define N_GREEDY 16
+#define MAX_ROWS 16
+#define BLOCK_SIZE 16
+#define BLOCKS_PER_SEQ 4 /* 64 positions: the longest prompt (45) + 16 greedy tokens */
+#define MAX_RANK 64
+#define REF_TOL 1e-2     /* GPU vs reference or CPU backend */
+#define SELF_TOL 1e-3    /* GPU mixed batch vs GPU alone */
+#define MARGIN_TOL 0.05  /* a greedy step this close may go either way */
+
+typedef struct fixture {
+    const char *dir;
+    const char *family; /* last path component, for messages */
+    lp_model *m;
+    conform_ref ref;
+    int vocab;
+    int n_tags;
+    char *tags[MAX_TAGS];      /* tags[0] = "base"; tag i uses adapter slot i */
+    lp_adapter *ads[MAX_TAGS]; /* ads[0] = NULL */
+} fixture;
+
+static const char *last_component(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s && s[1] ? s + 1 : path;
+}
+
+static int fixture_load(const char *dir, fixture *f) {
+    memset(f, 0, sizeof *f);
+    f->dir = dir;
+    f->family = last_component(dir);
+    if (conform_ref_load(dir, &f->ref))
+        return -1;
+    char path[1024];
+    lp_error err = {0};
+    snprintf(path, sizeof path, "%s/base", dir);
+    if (lp_model_load(path, &f->m, NULL, NULL, &err)) {
+        fprintf(stderr, "%s: %s\n", path, err.msg);
+        return -1;
+    }
+    f->vocab = lp_model_get_config(f->m)->vocab;
+    f->tags[f->n_tags++] = strdup("base");
+    snprintf(path, sizeof path, "%s/adapters", dir);
+    DIR *d = opendir(path);
+    struct dirent *de;
+    while (d && (de = readdir(d)) && f->n_tags < MAX_TAGS) {
+        if (de->d_name[0] == '.')
+            continue;
+        char adir[1400];
+        snprintf(adir, sizeof adir, "%s/%s", path, de->d_name);
+        if (lp_adapter_load(adir, f->m, NULL, &f->ads[f->n_tags], &err)) {
+            fprintf(stderr, "adapter %s: %s\n", adir, err.msg);
+            continue;
+        }
+        f->tags[f->n_tags++] = strdup(de->d_name);
+    }
+    if (d)
+        closedir(d);
+    return 0;
+}
+
+static void fixture_free(fixture *f) {
+    for (int i = 0; i < f->n_tags; i++) {
+        lp_adapter_free(f->ads[i]);
+        free(f->tags[i]);
+    }
+    lp_model_free(f->m);
+    conform_ref_free(&f->ref);
+}
+
+static int tag_index(const fixture *f, const char *tag) {
+    for (int i = 0; i < f->n_tags; i++)
+        if (!strcmp(f->tags[i], tag))
+            return i;
+    return -1;
+}
+
+/* A backend on the CPU or the GPU with every fixture adapter in slot = tag index. */
+static lp_backend *backend_new(const fixture *f, bool cuda, int max_rank) {
+    lp_backend_params bp = lp_backend_default_params();
+    bp.block_size = BLOCK_SIZE;
+    bp.n_kv_blocks = MAX_ROWS * BLOCKS_PER_SEQ;
+    bp.max_rows = MAX_ROWS;
+    bp.max_tokens = 1024;
+    bp.max_logit_rows = 1024;
+    bp.max_adapters = MAX_TAGS;
+    bp.max_lora_rank = max_rank;
+    lp_backend *be = NULL;
+    lp_error err = {0};
+    int rc = cuda ? lp_backend_cuda_new(f->m, &bp, &be, &err) : lp_backend_cpu_new(f->m, &bp, &be, &err);
+    if (rc) {
+        fprintf(stderr, "%s backend: %s\n", cuda ? "cuda" : "cpu", err.msg);
+        return NULL;
+    }
+    for (int i = 1; i < f->n_tags; i++)
+        if (lp_adapter_get_info(f->ads[i])->max_rank <= max_rank && lp_backend_adapter_load(be, i, f->ads[i], &err)) {
+            fprintf(stderr, "%s backend: adapter %s: %s\n", cuda ? "cuda" : "cpu", f->tags[i], err.msg);
+            lp_backend_free(be);
+            return NULL;
+        }
+    return be;
+}
+
+/* Logits of the last token of ids[0..n) run from an empty cache (blocks 0..). */
+static int last_logits(lp_backend *be, const int32_t *ids, int n, int slot, float *out) {
+    int32_t blocks[BLOCKS_PER_SEQ];
+    for (int i = 0; i < BLOCKS_PER_SEQ; i++)
+        blocks[i] = i;
+    lp_batch_row r = {.tokens = ids, .n_tokens = n, .pos0 = 0, .blocks = blocks, .adapter = slot,
+                      .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+    lp_error err = {0};
+    int rc = lp_backend_forward(be, &r, 1, out, &err);
+    if (rc)
+        fprintf(stderr, "forward: %s\n", err.msg);
+    return rc;
+}
+
+/* Largest minus second largest logit. */
+static double top2_margin(const float *x, int n) {
+    float a = x[0] > x[1] ? x[0] : x[1], b = x[0] > x[1] ? x[1] : x[0];
+    for (int i = 2; i < n; i++) {
+        if (x[i] > a) {
+            b = a;
+            a = x[i];
+        } else if (x[i] > b) {
+            b = x[i];
+        }
+    }
+    return (double)a - b;
+}
+
+/* ---- a + b: logits and greedy continuations against the reference ------- */
+
+/* Worst position rel L2 of the GPU's prompt logits vs the reference; -1 on failure. */
+static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int p, float *out) {
+    int64_t len, vocab;
+    const float *want = conform_ref_logits(&f->ref, f->tags[ti], p, &len, &vocab);
+    CHECKF(want && vocab == f->vocab && len == f->ref.prompt_len[p], "%s %s: no reference logits for prompt %d",
+           f->family, f->tags[ti], p);
+    if (!want)
+        return -1;
+    if (conform_forward_all(gpu, f->ref.prompts[p], f->ref.prompt_len[p], ti == 0 ? -1 : ti, out))
+        return -1;
+    double worst = 0;
+    for (int64_t t = 0; t < len; t++) {
+        double e = rel_l2(out + t * vocab, want + t * vocab, vocab);
+        if (e > worst)
+            worst = e;
+    }
+    return worst;
+}
+
+/* Compare the GPU's greedy continuation with the reference's. Returns 1 when
+ * identical, 0 when it diverged at a step the CPU backend calls a near tie
+ * (step and margin in *at, *margin), -1 on a real difference or failure. */
+static int greedy_compare(const fixture *f, lp_backend *gpu, lp_backend *cpu, int ti, int p, int *at,
+                          double *margin) {
+    int slot = ti == 0 ? -1 : ti, n = f->ref.prompt_len[p];
+    int32_t want[N_GREEDY], got[N_GREEDY];
+    if (n + N_GREEDY > BLOCKS_PER_SEQ * BLOCK_SIZE) {
+        CHECKF(0, "%s prompt %d: %d tokens do not fit the test's block tables", f->family, p, n);
+        return -1;
+    }
+    int nw = conform_ref_greedy(&f->ref, f->tags[ti], p, want, N_GREEDY);
+    int ng = conform_greedy(gpu, f->ref.prompts[p], n, slot, N_GREEDY, got);
+    CHECKF(nw == N_GREEDY && ng == N_GREEDY, "%s %s prompt %d: %d reference and %d GPU greedy tokens", f->family,
+           f->tags[ti], p, nw, ng);
+    if (nw != N_GREEDY || ng != N_GREEDY)
+        return -1;
+    int j = 0;
+    while (j < N_GREEDY && got[j] == want[j])
+        j++;
+    if (j == N_GREEDY)
+        return 1;
+    /* the CPU backend's logits after the prompt and the reference's first j tokens */
+    int32_t ids[BLOCKS_PER_SEQ * BLOCK_SIZE];
+    float *logits = malloc(sizeof(float) * (size_t)f->vocab);
+    memcpy(ids, f->ref.prompts[p], sizeof(int32_t) * (size_t)n);
+    memcpy(ids + n, want, sizeof(int32_t) * (size_t)j);
+    int rc = last_logits(cpu, ids, n + j, slot, logits);
+    *at = j;
+    *margin = rc ? -1 : top2_margin(logits, f->vocab);
+    free(logits);
+    CHECKF(rc == 0 && *margin <= MARGIN_TOL,
+           "%s %s prompt %d: GPU greedy token %d is %d, reference %d, at a top-2 margin of %.3g (> %.2g)",
+           f->family, f->tags[ti], p, j, got[j], want[j], *margin, MARGIN_TOL);
+    return rc == 0 && *margin <= MARGIN_TOL ? 0 : -1;
+}
+
+static void check_reference(const fixture *f, lp_backend *gpu, lp_backend *cpu) {
+    float *out = malloc(sizeof(float) * 64 * (size_t)f->vocab);
+    for (int ti = 0; ti < f->n_tags; ti++) {
+        double worst_all = 0;
+        char greedy[160] = "identical";
+        for (int p = 0; p < f->ref.n_prompts; p++) {
+            double worst = prompt_logits_error(f, gpu, ti, p, out);
+            CHECKF(worst >= 0 && worst <= REF_TOL, "%s %s prompt %d: worst position rel L2 %.3g (limit %.0e)",
+                   f->family, f->tags[ti], p, worst, REF_TOL);
+            if (worst > worst_all)
+                worst_all = worst;
+            int at = 0;
+            double margin = 0;
+            int same = greedy_compare(f, gpu, cpu, ti, p, &at, &margin);
+            if (same == 0 && !strcmp(greedy, "identical"))
+                snprintf(greedy, sizeof greedy, "diverged at low margin (prompt %d step %d, margin %.3g)", p, at,
+                         margin);
+            else if (same < 0)
+                snprintf(greedy, sizeof greedy, "DIFFERENT (prompt %d)", p);
+        }
+        printf("%-6s %-16s worst rel L2 %.2e over %d prompts, greedy %s\n", f->family, f->tags[ti], worst_all,
+               f->ref.n_prompts, greedy);
+    }
+    free(out);
+}
+
+/* ---- c: one mixed batch vs each row alone -------------------------------- */
+
+typedef struct rowspec {
+    int slot;   /* adapter slot or -1 */
+    int prompt; /* which reference prompt */
+    int len;    /* tokens of it the sequence has after this row */
+    int cached; /* tokens of it already in the KV cache (0 = a fresh prefill) */
+    float scale;
+} rowspec;
+
+/* Logits of every token of the row (LP_LOGITS_ALL; LAST for a decode token). */
+static int row_logit_count(const rowspec *r) {
+    return r->len - r->cached;
+}
+
+static lp_batch_row row_of(const fixture *f, const rowspec *r, const int32_t *blocks) {
+    int n = r->len - r->cached;
+    return (lp_batch_row){.tokens = f->ref.prompts[r->prompt] + r->cached, .n_tokens = n, .pos0 = r->cached,
+                          .blocks = blocks, .adapter = r->slot, .adapter_scale = r->scale,
+                          .logits = n == 1 ? LP_LOGITS_LAST : LP_LOGITS_ALL};
+}
+
+/* Put the row's cached tokens into its blocks (no logits). */
+static int prefill_cached(lp_backend *be, const fixture *f, const rowspec *r, const int32_t *blocks) {
+    if (r->cached == 0)
+        return 0;
+    lp_batch_row row = {.tokens = f->ref.prompts[r->prompt], .n_tokens = r->cached, .pos0 = 0, .blocks = blocks,
+                        .adapter = r->slot, .adapter_scale = r->scale, .logits = LP_LOGITS_NONE};
+    lp_error err = {0};
+    int rc = lp_backend_forward(be, &row, 1, NULL, &err);
+    if (rc)
+        fprintf(stderr, "prefill: %s\n", err.msg);
+    return rc;
+}
+
+/* Run one row alone (its cached part first); its logits into out. */
+static int run_alone(lp_backend *be, const fixture *f, const rowspec *r, const int32_t *blocks, float *out) {
+    if (prefill_cached(be, f, r, blocks))
+        return -1;
+    lp_batch_row row = row_of(f, r, blocks);
+    lp_error err = {0};
+    int rc = lp_backend_forward(be, &row, 1, out, &err);
+    if (rc)
+        fprintf(stderr, "alone: %s\n", err.msg);
+    return rc;
+}
+
+/* Base and every adapter twice: fresh prefills, decode rows (one token after
+ * the rest of the prompt) and prefill chunks after a cached half, scales
+ * 0.5..1.0, the two rows of one adapter far apart in the batch. */
+static int mixed_rows(const fixture *f, rowspec *spec) {
+    int n = 0;
+    for (int rep = 0; rep < 2; rep++)
+        for (int ti = 0; ti < f->n_tags && n < MAX_ROWS; ti++, n++) {
+            int p = (n + rep) % f->ref.n_prompts, len = f->ref.prompt_len[p] - (n % 3);
+            int kind = (n + rep) % 3; /* 0 prefill, 1 decode, 2 chunk after a cached half */
+            spec[n] = (rowspec){.slot = ti == 0 ? -1 : ti, .prompt = p, .len = len,
+                                .cached = kind == 0 ? 0 : kind == 1 ? len - 1 : len / 2,
+                                .scale = 0.5f + 0.1f * (float)(n % 6)};
+        }
+    return n;
+}
+
+static void check_mixed_batch(const fixture *f, lp_backend *gpu, lp_backend *cpu) {
+    rowspec spec[MAX_ROWS];
+    int n = mixed_rows(f, spec);
+    int32_t blocks[MAX_ROWS][BLOCKS_PER_SEQ];
+    size_t off[MAX_ROWS + 1] = {0}; /* first logit vector of each row */
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < BLOCKS_PER_SEQ; j++)
+            blocks[i][j] = i * BLOCKS_PER_SEQ + j;
+        off[i + 1] = off[i] + (size_t)row_logit_count(&spec[i]);
+    }
+    size_t vsz = (size_t)f->vocab;
+    float *cpu_alone = malloc(sizeof(float) * vsz * off[n]);
+    float *gpu_alone = malloc(sizeof(float) * vsz * off[n]);
+    float *mixed = malloc(sizeof(float) * vsz * off[n]);
+    for (int i = 0; i < n; i++) {
+        CHECK(run_alone(cpu, f, &spec[i], blocks[i], cpu_alone + off[i] * vsz) == 0);
+        CHECK(run_alone(gpu, f, &spec[i], blocks[i], gpu_alone + off[i] * vsz) == 0);
+    }
+    lp_batch_row rows[MAX_ROWS];
+    for (int i = 0; i < n; i++) {
+        CHECK(prefill_cached(gpu, f, &spec[i], blocks[i]) == 0);
+        rows[i] = row_of(f, &spec[i], blocks[i]);
+    }
+    lp_error err = {0};
+    int rc = lp_backend_forward(gpu, rows, n, mixed, &err);
+    CHECKF(rc == 0, "%s mixed batch: %s", f->family, err.msg);
+    double worst_cpu = 0, worst_gpu = 0;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        const char *kind = spec[i].cached == 0 ? "prefill" : spec[i].len - spec[i].cached == 1 ? "decode" : "chunk";
+        for (size_t t = off[i]; t < off[i + 1]; t++) {
+            double ec = rel_l2(mixed + t * vsz, cpu_alone + t * vsz, f->vocab);
+            double eg = rel_l2(mixed + t * vsz, gpu_alone + t * vsz, f->vocab);
+            CHECKF(ec <= REF_TOL && eg <= SELF_TOL,
+                   "%s mixed row %d (%s, %s, len %d, scale %.1f) token %zu: rel L2 %.3g vs CPU alone, %.3g vs GPU "
+                   "alone", f->family, i, spec[i].slot < 0 ? "base" : f->tags[spec[i].slot], kind, spec[i].len,
+                   (double)spec[i].scale, t - off[i], ec, eg);
+            worst_cpu = ec > worst_cpu ? ec : worst_cpu;
+            worst_gpu = eg > worst_gpu ? eg : worst_gpu;
+        }
+    }
+    printf("%-6s mixed batch: %d rows (base + %d adapters; prefill, decode, chunk), worst rel L2 %.2e vs CPU alone, "
+           "%.2e vs GPU alone\n", f->family, n, f->n_tags - 1, worst_cpu, worst_gpu);
+    free(cpu_alone);
+    free(gpu_alone);
+    free(mixed);
+}
+
+/* ---- d: errors, not crashes --------------------------------------------- */
+
+/* A one-row forward of prompt 0 naming `slot`; its status. */
+static int forward_slot(const fixture *f, lp_backend *be, int slot, lp_error *err) {
+    int32_t blocks[BLOCKS_PER_SEQ] = {0, 1, 2, 3};
+    float *out = malloc(sizeof(float) * (size_t)f->vocab);
+    lp_batch_row r = {.tokens = f->ref.prompts[0], .n_tokens = f->ref.prompt_len[0], .pos0 = 0, .blocks = blocks,
+                      .adapter = slot, .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+    int rc = lp_backend_forward(be, &r, 1, out, err);
+    free(out);
+    return rc;
+}
+
+static void check_errors(const fixture *f, lp_backend *gpu) {
+    lp_error err = {0};
+    const lp_adapter *a = f->ads[1];
+    int bad_slots[] = {-1, MAX_TAGS, MAX_TAGS + 100};
+    for (int i = 0; i < 3; i++) {
+        err.msg[0] = '\0';
+        CHECKF(lp_backend_adapter_load(gpu, bad_slots[i], a, &err) != LP_OK && err.msg[0],
+               "%s: loading into slot %d must fail with a message", f->family, bad_slots[i]);
+    }
+    int row_slots[] = {f->n_tags, MAX_TAGS - 1, MAX_TAGS, 1000}; /* not loaded / out of range */
+    for (int i = 0; i < 4; i++) {
+        err.msg[0] = '\0';
+        CHECKF(forward_slot(f, gpu, row_slots[i], &err) != LP_OK && err.msg[0],
+               "%s: a row naming adapter slot %d must fail with a message", f->family, row_slots[i]);
+    }
+    /* unloaded slots refuse rows; reloading brings them back */
+    lp_backend_adapter_unload(gpu, 1);
+    CHECKF(forward_slot(f, gpu, 1, &err) != LP_OK, "%s: a row naming an unloaded slot must fail", f->family);
+    CHECK(lp_backend_adapter_load(gpu, 1, a, &err) == LP_OK);
+    CHECKF(forward_slot(f, gpu, 1, &err) == LP_OK, "%s: reloaded slot: %s", f->family, err.msg);
+    CHECKF(forward_slot(f, gpu, -1, &err) == LP_OK, "%s: base after errors: %s", f->family, err.msg);
+
+    /* ranks over max_lora_rank are refused, smaller ones accepted */
+    const int small = 4;
+    lp_backend *tiny = backend_new(f, true, small);
+    CHECK(tiny != NULL);
+    for (int i = 1; tiny && i < f->n_tags; i++) {
+        int rank = lp_adapter_get_info(f->ads[i])->max_rank;
+        err.msg[0] = '\0';
+        int rc = lp_backend_adapter_load(tiny, i, f->ads[i], &err);
+        if (rank > small)
+            CHECKF(rc != LP_OK && err.msg[0], "%s %s: rank %d loaded into a backend with max_lora_rank %d",
+                   f->family, f->tags[i], rank, small);
+        else
+            CHECKF(rc == LP_OK, "%s %s: rank %d refused: %s", f->family, f->tags[i], rank, err.msg);
+    }
+    lp_backend_free(tiny);
+    printf("%-6s error paths: bad slots, unloaded slots and ranks over max_lora_rank refused\n", f->family);
+}
+
+static void check_fixture(const char *dir) {
+    fixture f;
+    CHECKF(fixture_load(dir, &f) == 0, "%s: cannot load the fixture", dir);
+    CHECKF(f.n_tags >= 7, "%s: expected the six fixture adapters, found %d", dir, f.n_tags - 1);
+    CHECKF(tag_index(&f, "dora-r8") > 0, "%s: no dora-r8 adapter", dir);
+    for (int i = 1; i < f.n_tags; i++)
+        CHECKF(lp_adapter_get_info(f.ads[i])->max_rank <= MAX_RANK, "%s: rank over %d", f.tags[i], MAX_RANK);
+    lp_backend *gpu = f.m ? backend_new(&f, true, MAX_RANK) : NULL;
+    lp_backend *cpu = f.m ? backend_new(&f, false, MAX_RANK) : NULL;
+    CHECK(gpu && cpu);
+    if (gpu && cpu && f.n_tags >= 2) {
+        check_reference(&f, gpu, cpu);
+        check_mixed_batch(&f, gpu, cpu);
+        check_errors(&f, gpu);
+    }
+    lp_backend_free(gpu);
+    lp_backend_free(cpu);
+    fixture_free(&f);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s FIXTURE_DIR...\n", argv[0]);
+        return 2;
+    }
+    if (lp_cuda_device_count() <= 0) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    for (int i = 1; i < argc; i++)
+        check_fixture(argv[i]);
+    return lp_test_finish("test_cuda");
+}
