@@ -670,7 +670,8 @@ static int cmd_decode(const args *a) {
         toks[r] = malloc(sizeof(int32_t) * (size_t)(a->isl + a->osl));
         random_tokens(toks[r], a->isl + a->osl, r, vocab);
     }
-    float *logits = malloc(sizeof(float) * (size_t)vocab * (size_t)maxb);
+    /* the backend's host memory (pinned on CUDA), as the engine uses */
+    float *logits = lp_backend_host_alloc(b.be, sizeof(float) * (size_t)vocab * (size_t)maxb);
     lp_batch_row *br = malloc(sizeof(lp_batch_row) * (size_t)maxb);
     double *t = malloc(sizeof(double) * (size_t)a->steps);
     int rc = 0;
@@ -753,7 +754,8 @@ out:
         free(toks[r]);
     free(toks);
     free(blocks);
-    free(logits);
+    if (logits)
+        lp_backend_host_free(b.be, logits);
     free(br);
     free(t);
     bench_free(&b);

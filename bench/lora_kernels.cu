@@ -286,7 +286,8 @@ struct bstate {
     float *d_alpha = nullptr;              /* (T) ones */
     bf16 *X = nullptr;                     /* (n_sets, T, K) */
     float *Y = nullptr;                    /* (n_sets, T, N) */
-    float *V = nullptr;                    /* (T, LP_CU_MAX_MODS, R) fp32, sgmv */
+    float *V = nullptr;                    /* (splits, T, LP_CU_MAX_MODS, R) fp32, sgmv */
+    unsigned *cnt = nullptr;               /* (n_items, LP_CU_MAX_MODS) split counters, sgmv */
     bf16 *Vb = nullptr;                    /* (T, R) bf16, cuBLAS variants */
     bf16 *Ag = nullptr, *Bg = nullptr;     /* gather_bmm copies */
     size_t ag_stride = 0, bg_stride = 0;   /* elements */
@@ -411,6 +412,8 @@ static void setup_batch(ctx *c, bstate *b, int T) {
     CK(cudaMalloc((void **)&b->Y, (size_t)S * T * N * 4));
     /* split-K partials: at most ceil(K/256) splits */
     CK(cudaMalloc((void **)&b->V, lp_cu_lora_v_floats(T, (int)((K + 255) / 256), (int)R) * 4));
+    CK(cudaMalloc((void **)&b->cnt, sizeof(unsigned) * (size_t)T * LP_CU_MAX_MODS));
+    CK(cudaMemset(b->cnt, 0, sizeof(unsigned) * (size_t)T * LP_CU_MAX_MODS));
     CK(cudaMalloc((void **)&b->Vb, (size_t)T * R * 2));
     b->ag_stride = al256(c->a_bytes) / 2;
     b->bg_stride = al256(c->b_bytes) / 2;
@@ -446,7 +449,7 @@ static void setup_batch(ctx *c, bstate *b, int T) {
 }
 
 static void free_batch(bstate *b) {
-    void *ps[] = {b->d_items, b->d_perm, b->d_tok_slot, b->d_alpha, b->X, b->Y, b->V, b->Vb,
+    void *ps[] = {b->d_items, b->d_perm, b->d_tok_slot, b->d_alpha, b->X, b->Y, b->V, b->cnt, b->Vb,
                   b->Ag, b->Bg, b->Xp, b->Yp, (void *)b->d_ptrs};
     for (void *p : ps)
         if (p)
@@ -461,7 +464,7 @@ static void op_sgmv(ctx *c, bstate *b, int r) {
     lp_cu_mods mods = {1, {LP_MOD_Q}, {o.N}, {0}};
     int ks = lp_cu_lora_ksplit(b->n_items, mods.n, o.K, c->n_sm);
     lp_cu_lora_call lc = {c->d_desc, 1, 0, b->d_items + (size_t)r * b->n_items, b->n_items,
-                          b->d_perm, b->d_alpha, b->V, o.R, T, ks};
+                          b->d_perm, b->d_alpha, b->V, o.R, T, ks, b->cnt, b->n_items, 0};
     CK(lp_cu_lora_shrink(&lc, &mods, b->X + (size_t)r * T * o.K, LP_CT_BF16, o.K, o.K, c->st));
     CK(lp_cu_lora_expand(&lc, &mods, b->Y + (size_t)r * T * o.N, o.N, c->st));
 }

@@ -26,6 +26,8 @@
 #   machine  gpu_bench machine: device, SMs, copy bandwidth
 #   decode   gpu_bench decode, one process: base, one adapter, 8 and
 #            $N_ADAPTERS distinct adapters, the mixed ranks, at $BATCHES
+#   nographs gpu_bench decode at batch 1 with LORAPLEX_CUDA_GRAPHS=0
+#   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
 #   ttft     gpu_bench ttft: cold vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
 # Files under $OUT (the device tool brings back at most 8): results.jsonl (every
@@ -48,7 +50,7 @@ t_start=$(date +%s)
 
 OUT=${OUT:-/tmp/loraplex-gpu-out}
 BUDGET=${BUDGET:-510}
-STAGES=${STAGES:-env,synth,test,eval,machine,decode,ttft,kernels}
+STAGES=${STAGES:-env,synth,test,eval,machine,decode,nographs,profile,ttft,kernels}
 PRESET=${PRESET:-llama3-8b}
 MODEL_DIR=${MODEL_DIR:-/tmp/l3}
 ADAPTER_ROOT=${ADAPTER_ROOT:-$MODEL_DIR-adapters}
@@ -262,6 +264,35 @@ if want decode; then
   else
     say "decode: SKIPPED (no model at $MODEL_DIR)"
     note decode "skipped (no model)" ""
+  fi
+fi
+
+# ---- nographs: batch-1 decode again with CUDA graphs off, for the launch
+# overhead they remove ----
+if want nographs && [ -e "$MODEL_DIR/config.json" ]; then
+  LORAPLEX_CUDA_GRAPHS=0 stage nographs 60 json "$bin/gpu_bench" decode "$MODEL_DIR" --batch 1 --isl "$ISL" \
+    --osl "$OSL" --steps "$STEPS" --warmup "$WARMUP" ${all_ads:+--adapters "${all_ads%%,*}"} --mode base,one \
+    --device "$BENCH_DEVICE"
+fi
+
+# ---- profile: one batch-1 decode step under Nsight Compute (graphs off so
+# each kernel is its own launch): GPU time per kernel name, summed ----
+if want profile && [ -e "$MODEL_DIR/config.json" ]; then
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU" ]; then
+    for pm in base one; do
+      LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base --launch-skip 1200 \
+        --launch-count 600 "$bin/gpu_bench" decode "$MODEL_DIR" --batch 1 --isl "$ISL" --osl 16 --steps 4 \
+        --warmup 0 ${all_ads:+--adapters "${all_ads%%,*}"} --mode "$pm" --device "$BENCH_DEVICE" \
+        >"$tmp/ncu-$pm.csv" 2>>"$OUT/logs.txt"
+      echo "== profile $pm: GPU us per kernel name over the profiled launches (~2 decode steps)" >>"$OUT/logs.txt"
+      awk -F'","' 'NR > 1 && $0 ~ /gpu__time_duration/ { n = $5; v = $NF; gsub(/"/, "", v); gsub(/,/, "", v);
+            t[n] += v; c[n]++; tot += v } END { for (k in t) printf "%10.1f us %5d x  %s\n", t[k] / 1000, c[k], k;
+            printf "%10.1f us total\n", tot / 1000 }' "$tmp/ncu-$pm.csv" | sort -rn | head -25 >>"$OUT/logs.txt"
+    done
+    note profile "ok" "see logs.txt"
+  else
+    note profile "skipped (no ncu)" ""
   fi
 fi
 

@@ -3,6 +3,7 @@
  * the CUDA backend, its entry points answering that the build lacks it. */
 #include "backend/backend.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "model/model-impl.h"
@@ -41,9 +42,12 @@ int lp_backend_new(const char *device, const lp_model *model, const lp_backend_p
 /* Bytes of one KV element on the resolved device: the CPU keeps fp32; CUDA
  * keeps fp32 for fp32 models and bf16 for the others. */
 static size_t kv_element_bytes(const char *resolved, const lp_model *model) {
-    if (resolved && !strcmp(resolved, "cuda") && model->layers[0].proj[LP_MOD_Q].dtype != LP_DTYPE_F32)
-        return 2;
-    return sizeof(float);
+    if (!resolved || strcmp(resolved, "cuda"))
+        return sizeof(float);
+    const char *dt = getenv("LORAPLEX_CUDA_DTYPE"); /* the CUDA backend's override */
+    if (dt && *dt)
+        return strcmp(dt, "float32") ? 2 : 4;
+    return model->layers[0].proj[LP_MOD_Q].dtype == LP_DTYPE_F32 ? 4 : 2;
 }
 
 size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int block_size) {

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "loraplex/adapter.h"
 #include "loraplex/model.h"
@@ -58,6 +59,10 @@ typedef struct lp_backend_ops {
      * no row of a running forward may name a slot being (un)loaded. */
     int (*adapter_load)(lp_backend *b, int slot, const lp_adapter *a, lp_error *err);
     void (*adapter_unload)(lp_backend *b, int slot);
+    /* Host memory for the `logits` buffers of forward: pinned on CUDA, so the
+     * logits come back at full transfer speed. NULL = malloc/free. */
+    void *(*host_alloc)(lp_backend *b, size_t bytes);
+    void (*host_free)(lp_backend *b, void *p);
 } lp_backend_ops;
 
 struct lp_backend {
@@ -102,6 +107,15 @@ static inline int lp_backend_adapter_load(lp_backend *b, int slot, const lp_adap
 }
 static inline void lp_backend_adapter_unload(lp_backend *b, int slot) {
     b->ops->adapter_unload(b, slot);
+}
+static inline void *lp_backend_host_alloc(lp_backend *b, size_t bytes) {
+    return b->ops->host_alloc ? b->ops->host_alloc(b, bytes) : malloc(bytes);
+}
+static inline void lp_backend_host_free(lp_backend *b, void *p) {
+    if (b->ops->host_free)
+        b->ops->host_free(b, p);
+    else
+        free(p);
 }
 static inline int lp_backend_forward(lp_backend *b, const lp_batch_row *rows, int n_rows,
                                      float *logits, lp_error *err) {

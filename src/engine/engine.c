@@ -109,7 +109,9 @@ int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine
     e->max_blocks = (e->p.max_model_len + bp->block_size - 1) / bp->block_size;
     e->kv = lp_kvpool_new(bp->n_kv_blocks, bp->block_size);
     e->max_logit_rows = bp->max_logit_rows;
-    e->logits = lp__malloc_array((size_t)e->max_logit_rows * (size_t)e->vocab, sizeof(float));
+    size_t lbytes = 0;
+    if (lp__mul_size((size_t)e->max_logit_rows * (size_t)e->vocab, sizeof(float), &lbytes))
+        e->logits = lp_backend_host_alloc(backend, lbytes);
     e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
     e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
     e->sampler = lp_sampler_new(e->vocab);
@@ -194,7 +196,8 @@ void lp_engine_free(lp_engine *e) {
         l = n;
     }
     lp_kvpool_free(e->kv);
-    free(e->logits);
+    if (e->logits)
+        lp_backend_host_free(e->be, e->logits);
     free(e->rows);
     free(e->row_seq);
     lp_sampler_free(e->sampler);

@@ -42,8 +42,8 @@ typedef struct lp_cu_mods {
     int col[LP_CU_MAX_MODS];
 } lp_cu_mods;
 
-/* A tile of at most LP_CU_LORA_TILE tokens that share an adapter slot:
- * tokens perm[p0 .. p0+n) of the call. */
+/* A tile of at most LP_CU_LORA_TILE tokens that share an adapter slot (-1:
+ * the base model): tokens perm[p0 .. p0+n) of the call. */
 #define LP_CU_LORA_TILE 8
 typedef struct lp_cu_lora_item {
     int32_t slot, p0, n, pad;
@@ -51,8 +51,11 @@ typedef struct lp_cu_lora_item {
 
 /* Everything a multi-LoRA launch over one call needs. `desc` is indexed
  * [(slot * n_layers + layer) * 7 + module]. V holds the shrink's split-K
- * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32: each written once by
- * the shrink and summed by the expand, so V needs no zeroing and no atomics. */
+ * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32, each written once;
+ * the last split block of a (tile, module) to finish adds them up into split
+ * 0, which the expand reads - so V needs no zeroing. `counters` (n_items,
+ * LP_CU_MAX_MODS) count finished split blocks; zero before the first launch,
+ * the kernel leaves them zero. */
 typedef struct lp_cu_lora_call {
     const lp_cu_lora_desc *desc;
     int n_layers, layer;
@@ -64,6 +67,13 @@ typedef struct lp_cu_lora_call {
     int rmax;
     int T;      /* tokens in the call (V's stride between splits) */
     int ksplit; /* from lp_cu_lora_ksplit for this launch's K */
+    unsigned *counters;
+    /* items [0, n_lora_items) are adapter tiles; the rest (slot -1) are the
+     * call's base-model tokens, which only an overwriting expand visits */
+    int n_lora_items;
+    /* expand: 0 adds into Y; 1 writes Y = the delta, zeros for base tokens and
+     * modules an adapter leaves alone (Y then needs no zeroing) */
+    int overwrite;
 } lp_cu_lora_call;
 
 /* K splits a shrink over n_items tiles and n_mods modules uses so the launch
@@ -77,9 +87,8 @@ static inline size_t lp_cu_lora_v_floats(int T, int ksplit, int rmax) {
  * every token of every item and every module z. */
 cudaError_t lp_cu_lora_shrink(const lp_cu_lora_call *c, const lp_cu_mods *mods, const void *X,
                               lp_cu_type xt, int ldx, int K, cudaStream_t s);
-/* Segmented expand: Y[t, col_z + o] += alpha_t * scaling * (sum over splits
- * of V[., t, z]) . Bt[:, o] (DoRA: Y = y + alpha_t ((g_o - 1) y + g_o scaling
- * V.Bt[:, o])). */
+/* Segmented expand: Y[t, col_z + o] += alpha_t * scaling * V[0, t, z] . Bt[:, o]
+ * (DoRA: Y = y + alpha_t ((g_o - 1) y + g_o scaling V.Bt[:, o])). */
 cudaError_t lp_cu_lora_expand(const lp_cu_lora_call *c, const lp_cu_mods *mods, float *Y, int ldy,
                               cudaStream_t s);
 
@@ -96,10 +105,12 @@ cudaError_t lp_cu_convert(void *dst, lp_cu_type dt, const void *src, int src_dt,
 /* x[t] = embed[id[t]] as fp32. */
 cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_t *ids, int T, int D,
                         cudaStream_t s);
-/* For each output row i (token idx ? idx[i] : i): if add, x[t] += add[t] (+ bias);
- * out[i] = rmsnorm(x[t]) * w, in type ot. */
-cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *bias, const float *w, void *out,
-                              lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps, cudaStream_t s);
+/* For each output row i (token idx ? idx[i] : i): if add, x[t] += add[t]
+ * (+ add2[t], the LoRA delta when not NULL) (+ bias); out[i] = rmsnorm(x[t]) * w,
+ * in type ot. */
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
+                              void *out, lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps,
+                              cudaStream_t s);
 /* q/k/v of a fused projection output (T, qdim + 2 kvdim): + bias, q/k norm,
  * rotary embedding; q to qout (T, qdim) fp32, k and v into the paged cache. */
 typedef struct lp_cu_rope {
@@ -107,6 +118,7 @@ typedef struct lp_cu_rope {
     size_t block_elems; /* elements per KV block: layers * 2 * KVH * bs * hd */
     const float *inv_freq;
     const float *bias;          /* (qdim + 2 kvdim) or NULL */
+    const float *lora;          /* (T, qdim + 2 kvdim) LoRA deltas to add, or NULL */
     const float *q_norm, *k_norm; /* (hd) or NULL */
     float eps;
 } lp_cu_rope;
@@ -116,6 +128,8 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
  * the token's own sequence, GQA, optional sliding window, split along the
  * sequence in `splits` equal parts per token (partials in part, combined by a
  * second kernel). */
+/* Most parts one token's attention range is split into. */
+#define LP_CU_ATT_MAX_SPLITS 32
 /* Query heads of one KV head an attention block handles (more: more blocks). */
 #define LP_CU_ATT_HEADS 4
 typedef struct lp_cu_attn {
@@ -126,8 +140,9 @@ typedef struct lp_cu_attn {
 } lp_cu_attn;
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, const lp_cu_attn *a,
                             const lp_cu_toks *tk, int T, cudaStream_t s);
-/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot. */
-cudaError_t lp_cu_silu_mul(const float *gu, const float *bias, void *out, lp_cu_type ot, int T, int F,
-                           cudaStream_t s);
+/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot; `lora`
+ * (T, 2F) LoRA deltas added to gu first when not NULL. */
+cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot, int T,
+                           int F, cudaStream_t s);
 
 #endif

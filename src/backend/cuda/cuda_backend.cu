@@ -38,7 +38,6 @@ extern "C" {
 }
 #include "backend/cuda/cuda-impl.h"
 
-#define MAX_ATT_SPLITS 16
 #define PART_TOKEN_SPLITS 2048 /* most (token, split) pairs of split attention per call */
 #define ALIGN 256
 
@@ -52,15 +51,16 @@ typedef struct cu_slot {
     const lp_adapter *a; /* NULL = empty */
     void *dev, *host;    /* device copy (pool), pinned host copy */
     cudaEvent_t ready;   /* recorded after the copy on the copy stream */
+    bool dora;           /* some module is DoRA */
 } cu_slot;
 
 #define N_GRAPHS 32
 
 /* What the launches of one call depend on besides device buffers. */
 typedef struct call_shape {
-    int64_t T, nl, n_items;
+    int64_t T, nl, n_items, n_lora_items; /* LoRA tiles: all, of adapter rows */
     int splits;
-    bool lora;
+    bool lora, dora; /* rows with adapters; with DoRA adapters */
 } call_shape;
 
 /* A captured decode call, replayed while the shape repeats. */
@@ -78,7 +78,8 @@ typedef struct cuda_backend {
     int64_t q_dim, kv_dim, qkv_dim, max_ctx;
     int n_sm;
     char device_name[256];
-    cudaStream_t st, cp;
+    cudaStream_t st, cp, side; /* compute, adapter copies, LoRA beside the GEMMs */
+    cudaEvent_t ev_fork, ev_join;
     cublasHandle_t blas;
     cudaMemPool_t pool;
     void *arena; /* all weights */
@@ -88,8 +89,9 @@ typedef struct cuda_backend {
     void *kv;
     size_t block_elems;
     /* scratch for params.max_tokens tokens */
-    float *x, *tmp, *qkv, *q, *gu, *part, *logits, *lora_v;
+    float *x, *tmp, *qkv, *q, *gu, *part, *logits, *lora_v, *ylora;
     size_t lora_v_floats;
+    unsigned *lora_cnt; /* (max_tokens, LP_CU_MAX_MODS) split counters of the shrink */
     void *xn, *att, *act, *lin;
     /* per-call metadata: pinned host and device copies of the same layout */
     int32_t *h_meta, *d_meta;
@@ -351,17 +353,54 @@ static int ensure_meta(cuda_backend *b, size_t need, lp_error *err) {
     return LP_OK;
 }
 
-/* One multi-LoRA application: shrink then expand over the call's tiles. */
-static int lora_apply(cuda_backend *b, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods, const void *X,
-                      int K, float *Y, int ldy, int64_t T, lp_error *err) {
+/* One multi-LoRA application on stream `st`: shrink then expand over the
+ * call's tiles, adding into Y. */
+static int lora_kernels(cuda_backend *b, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods, const void *X,
+                        int K, float *Y, int ldy, int64_t T, cudaStream_t st, lp_error *err) {
     lc->layer = layer;
-    lc->ksplit = lp_cu_lora_ksplit(lc->n_items, mods->n, K, b->n_sm);
+    lc->ksplit = lp_cu_lora_ksplit(lc->n_lora_items, mods->n, K, b->n_sm);
     if (lp_cu_lora_v_floats((int)T, lc->ksplit, lc->rmax) > b->lora_v_floats)
         return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %lld tokens x %d splits",
                             (long long)T, lc->ksplit);
-    CU(lp_cu_lora_shrink(lc, mods, X, b->ct, K, K, b->st));
-    CU(lp_cu_lora_expand(lc, mods, Y, ldy, b->st));
+    CU(lp_cu_lora_shrink(lc, mods, X, b->ct, K, K, st));
+    CU(lp_cu_lora_expand(lc, mods, Y, ldy, st));
     return LP_OK;
+}
+
+/* The LoRA of one module group, in two halves around the base GEMM. Without
+ * DoRA in the call, lora_begin forks the side stream, which computes the
+ * adapters' deltas into b->ylora while the main stream runs the GEMM, and
+ * lora_end joins it; the kernel that consumes the GEMM output adds ylora
+ * (lora_delta() says whether it must). DoRA rescales the base output, so a
+ * call with DoRA rows applies its LoRA in place after the GEMM instead. */
+static int lora_begin(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
+                      const void *X, int K, int ldy, int64_t T, lp_error *err) {
+    if (!cs->lora || cs->dora)
+        return LP_OK;
+    CU(cudaEventRecord(b->ev_fork, b->st));
+    CU(cudaStreamWaitEvent(b->side, b->ev_fork, 0));
+    lc->overwrite = 1; /* every (token, column) of ylora written: no memset */
+    int rc = lora_kernels(b, lc, layer, mods, X, K, b->ylora, ldy, T, b->side, err);
+    if (rc)
+        return rc;
+    CU(cudaEventRecord(b->ev_join, b->side));
+    return LP_OK;
+}
+
+static int lora_end(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
+                    const void *X, int K, float *Y, int ldy, int64_t T, lp_error *err) {
+    if (!cs->lora)
+        return LP_OK;
+    if (cs->dora) {
+        lc->overwrite = 0;
+        return lora_kernels(b, lc, layer, mods, X, K, Y, ldy, T, b->st, err);
+    }
+    CU(cudaStreamWaitEvent(b->st, b->ev_join, 0));
+    return LP_OK;
+}
+
+static const float *lora_delta(const cuda_backend *b, const call_shape *cs) {
+    return cs->lora && !cs->dora ? b->ylora : NULL;
 }
 
 /* Every launch of a call, from the embedding to the logits in b->logits. */
@@ -373,48 +412,60 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     const int32_t *d = b->d_meta;
     lp_cu_toks tk = {d + ml->id, d + ml->pos, d + ml->blkoff, d + ml->blocks};
     lp_cu_lora_call lc = {b->d_desc, c->n_layers, 0, (const lp_cu_lora_item *)(d + ml->items), (int)cs->n_items,
-                          d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)T, 1};
+                          d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)T, 1,
+                          b->lora_cnt, (int)cs->n_lora_items, 0};
     lp_cu_mods m_qkv = {3, {LP_MOD_Q, LP_MOD_K, LP_MOD_V}, {(int)b->q_dim, (int)b->kv_dim, (int)b->kv_dim},
                         {0, (int)b->q_dim, (int)(b->q_dim + b->kv_dim)}};
     lp_cu_mods m_o = {1, {LP_MOD_O}, {D}, {0}};
     lp_cu_mods m_gu = {2, {LP_MOD_GATE, LP_MOD_UP}, {F, F}, {0, F}};
     lp_cu_mods m_down = {1, {LP_MOD_DOWN}, {D}, {0}};
-    lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL,
+    lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL,
                        c->rms_eps};
     lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd, bs, 0, c->sliding_window, cs->splits, b->block_elems,
                      1.0f / sqrtf((float)hd), b->part};
 
+    const float *yl = lora_delta(b, cs);
+    int qkvd = (int)b->qkv_dim, qd = (int)b->q_dim;
     CU(lp_cu_embed(b->x, b->embed, b->ct, tk.id, (int)T, D, b->st));
     for (int l = 0; l < c->n_layers; l++) {
         const cu_layer *L = &b->L[l];
         const cu_layer *prev = l ? &b->L[l - 1] : NULL;
-        /* x += previous layer's down output (+ bias); xn = norm(x) */
-        CU(lp_cu_add_rmsnorm(b->x, prev ? b->tmp : NULL, prev ? prev->down_b : NULL, L->attn_norm, b->xn, b->ct,
-                             NULL, (int)T, D, c->rms_eps, b->st));
-        BLAS(gemm(b, b->qkv, (int)b->qkv_dim, b->xn, D, L->qkv, (int)b->qkv_dim, D, (int)T));
-        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_qkv, b->xn, D, b->qkv, (int)b->qkv_dim, T, err)))
+        /* x += previous layer's down output (+ its LoRA delta, + bias); xn = norm(x) */
+        CU(lp_cu_add_rmsnorm(b->x, prev ? b->tmp : NULL, prev ? yl : NULL, prev ? prev->down_b : NULL, L->attn_norm,
+                             b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_qkv, b->xn, D, qkvd, T, err)))
+            return rc;
+        BLAS(gemm(b, b->qkv, qkvd, b->xn, D, L->qkv, qkvd, D, (int)T));
+        if ((rc = lora_end(b, cs, &lc, l, &m_qkv, b->xn, D, b->qkv, qkvd, T, err)))
             return rc;
         rope.layer = l;
         rope.bias = L->qkv_b;
+        rope.lora = yl;
         rope.q_norm = L->q_norm;
         rope.k_norm = L->k_norm;
         CU(lp_cu_qkv_rope(b->qkv, b->q, b->kv, b->ct, &rope, &tk, (int)T, b->st));
         at.layer = l;
         CU(lp_cu_attention(b->q, b->kv, b->ct, b->att, &at, &tk, (int)T, b->st));
-        BLAS(gemm(b, b->tmp, D, b->att, (int)b->q_dim, L->o, D, (int)b->q_dim, (int)T));
-        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_o, b->att, (int)b->q_dim, b->tmp, D, T, err)))
+        if ((rc = lora_begin(b, cs, &lc, l, &m_o, b->att, qd, D, T, err)))
             return rc;
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, L->o_b, L->ffn_norm, b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
+        BLAS(gemm(b, b->tmp, D, b->att, qd, L->o, D, qd, (int)T));
+        if ((rc = lora_end(b, cs, &lc, l, &m_o, b->att, qd, b->tmp, D, T, err)))
+            return rc;
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, L->o_b, L->ffn_norm, b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_gu, b->xn, D, 2 * F, T, err)))
+            return rc;
         BLAS(gemm(b, b->gu, 2 * F, b->xn, D, L->gu, 2 * F, D, (int)T));
-        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_gu, b->xn, D, b->gu, 2 * F, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_gu, b->xn, D, b->gu, 2 * F, T, err)))
             return rc;
-        CU(lp_cu_silu_mul(b->gu, L->gu_b, b->act, b->ct, (int)T, F, b->st));
+        CU(lp_cu_silu_mul(b->gu, yl, L->gu_b, b->act, b->ct, (int)T, F, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_down, b->act, F, D, T, err)))
+            return rc;
         BLAS(gemm(b, b->tmp, D, b->act, F, L->down, D, F, (int)T));
-        if (cs->lora && (rc = lora_apply(b, &lc, l, &m_down, b->act, F, b->tmp, D, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_down, b->act, F, b->tmp, D, T, err)))
             return rc;
     }
     if (cs->nl) {
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct,
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct,
                              d + ml->lidx, (int)cs->nl, D, c->rms_eps, b->st));
         BLAS(gemm(b, b->logits, c->vocab, b->lin, D, b->lm_head, c->vocab, D, (int)cs->nl));
     }
@@ -487,6 +538,9 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         n_items += (b->cnt[s] + LP_CU_LORA_TILE - 1) / LP_CU_LORA_TILE;
         n_lora += b->cnt[s];
     }
+    int64_t n_lora_items = n_items;
+    if (n_lora) /* the base tokens too, as tiles of slot -1 (see lp_cu_lora_call) */
+        n_items += (T - n_lora + LP_CU_LORA_TILE - 1) / LP_CU_LORA_TILE;
     meta_layout ml = meta_plan(T, n_blocks, nl, n_items);
     if ((rc = ensure_meta(b, ml.total, err)))
         return rc;
@@ -523,11 +577,15 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
             b->cnt[s] = acc; /* from here on: next free place of the slot in perm */
             acc += n;
         }
+        int32_t base0 = acc, nbase = (int32_t)(T - n_lora);
+        for (int32_t p = 0; p < nbase; p += LP_CU_LORA_TILE) {
+            lp_cu_lora_item it = {-1, base0 + p, LP_MIN(LP_CU_LORA_TILE, nbase - p), 0};
+            items[k++] = it;
+        }
         t = 0;
         for (int i = 0; i < n_rows; i++)
             for (int j = 0; j < rows[i].n_tokens; j++, t++)
-                if (rows[i].adapter >= 0)
-                    h[ml.perm + b->cnt[rows[i].adapter]++] = (int32_t)t;
+                h[ml.perm + (rows[i].adapter >= 0 ? b->cnt[rows[i].adapter]++ : acc++)] = (int32_t)t;
     }
     CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
     for (int i = 0; i < n_rows; i++)
@@ -537,9 +595,9 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     /* attention split along the sequence when the batch alone leaves SMs idle */
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
     int splits = 1;
-    if (T * yg < 2 * b->n_sm && max_len > 128) {
-        int64_t want = (2 * b->n_sm + T * yg - 1) / (T * yg);
-        splits = (int)LP_MIN(LP_MIN(want, (int64_t)MAX_ATT_SPLITS), (max_len + 63) / 64);
+    if (T * yg < 4 * b->n_sm && max_len > 64) { /* aim at 4 blocks per SM, >= 32 positions each */
+        int64_t want = (4 * b->n_sm + T * yg - 1) / (T * yg);
+        splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + 31) / 32);
         splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / T);
         if (splits < 1)
             splits = 1;
@@ -549,8 +607,11 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     cs.T = T;
     cs.nl = nl;
     cs.n_items = n_items;
+    cs.n_lora_items = n_lora_items;
     cs.splits = splits;
     cs.lora = n_lora > 0;
+    for (int i = 0; i < n_rows; i++)
+        cs.dora |= rows[i].adapter >= 0 && b->slots[rows[i].adapter].dora;
     /* a graph pays off once a shape repeats: steady decode does, a batch
      * whose rows come and go every step does not */
     bool repeat = !memcmp(&cs, &b->last_shape, sizeof cs);
@@ -585,6 +646,7 @@ static void slot_release(cuda_backend *b, int slot) {
         cudaFreeHost(s->host);
     s->dev = s->host = NULL;
     s->a = NULL;
+    s->dora = false;
     b->slot_ptrs[slot] = NULL;
 }
 
@@ -674,6 +736,7 @@ static int cuda_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp
             dd->rank = md->rank;
             dd->f32 = f32;
             if (md->dora_scale) {
+                s->dora = true;
                 memcpy(arena_take(&hst, (size_t)md->B.rows * 4), md->dora_scale, (size_t)md->B.rows * 4);
                 dd->dora = (const float *)arena_take(&dev, (size_t)md->B.rows * 4);
             }
@@ -700,6 +763,8 @@ static void cuda_free(lp_backend *base) {
         return;
     if (b->st)
         cudaStreamSynchronize(b->st);
+    if (b->side)
+        cudaStreamSynchronize(b->side);
     graphs_clear(b);
     for (int i = 0; b->slots && i < base->params.max_adapters; i++) {
         slot_release(b, i);
@@ -707,7 +772,7 @@ static void cuda_free(lp_backend *base) {
             cudaEventDestroy(b->slots[i].ready);
     }
     void *dev[] = {b->arena, b->kv, b->x, b->tmp, b->qkv, b->q, b->gu, b->part, b->logits, b->lora_v,
-                   b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws};
+                   b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws, b->ylora, b->lora_cnt};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             cudaFree(dev[i]);
@@ -721,6 +786,12 @@ static void cuda_free(lp_backend *base) {
         cudaStreamDestroy(b->st);
     if (b->cp)
         cudaStreamDestroy(b->cp);
+    if (b->side)
+        cudaStreamDestroy(b->side);
+    if (b->ev_fork)
+        cudaEventDestroy(b->ev_fork);
+    if (b->ev_join)
+        cudaEventDestroy(b->ev_join);
     free(b->L);
     free(b->slots);
     free(b->slot_ptrs);
@@ -728,8 +799,22 @@ static void cuda_free(lp_backend *base) {
     free(b);
 }
 
+static void *cuda_host_alloc(lp_backend *base, size_t bytes) {
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_host_free(lp_backend *base, void *p) {
+    if (p)
+        cudaFreeHost(p);
+}
+
 static const lp_backend_ops k_cuda_ops = {
-    "cuda", cuda_free, cuda_forward, cuda_adapter_load, cuda_adapter_unload,
+    "cuda", cuda_free, cuda_forward, cuda_adapter_load, cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
 };
 
 static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {
@@ -755,6 +840,13 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
     CU(cudaStreamCreateWithFlags(&b->st, cudaStreamNonBlocking));
     CU(cudaStreamCreateWithFlags(&b->cp, cudaStreamNonBlocking));
+    /* the LoRA side stream gets the higher priority: its small launches slip
+     * in between the blocks of the GEMM they overlap instead of queuing behind */
+    int prio_lo = 0, prio_hi = 0;
+    CU(cudaDeviceGetStreamPriorityRange(&prio_lo, &prio_hi));
+    CU(cudaStreamCreateWithPriority(&b->side, cudaStreamNonBlocking, prio_hi));
+    CU(cudaEventCreateWithFlags(&b->ev_fork, cudaEventDisableTiming));
+    CU(cudaEventCreateWithFlags(&b->ev_join, cudaEventDisableTiming));
     BLAS(cublasCreate(&b->blas));
     BLAS(cublasSetStream(b->blas, b->st));
     BLAS(cublasSetMathMode(b->blas, CUBLAS_DEFAULT_MATH)); /* no TF32 for fp32 models */
@@ -807,6 +899,8 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
                       "attention partials", err)) ||
         (rc = dmalloc(&b->logits, (size_t)P->max_logit_rows * (size_t)c->vocab * 4, "logits", err)) ||
         (rc = dmalloc(&b->lora_v, b->lora_v_floats * 4, "LoRA scratch", err)) ||
+        (rc = dmalloc(&b->lora_cnt, T * LP_CU_MAX_MODS * sizeof(unsigned), "LoRA scratch", err)) ||
+        (rc = dmalloc(&b->ylora, T * LP_MAX(LP_MAX((size_t)b->qkv_dim, 2 * F), D) * 4, "LoRA deltas", err)) ||
         (rc = dmalloc(&b->xn, T * D * b->csz, "activations", err)) ||
         (rc = dmalloc(&b->att, T * (size_t)b->q_dim * b->csz, "activations", err)) ||
         (rc = dmalloc(&b->act, T * wide * b->csz, "activations", err)) ||
@@ -818,6 +912,7 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     if ((rc = dmalloc(&b->d_desc, nd * sizeof(lp_cu_lora_desc), "adapter table", err)))
         return rc;
     CU(cudaMemset(b->d_desc, 0, nd * sizeof(lp_cu_lora_desc)));
+    CU(cudaMemset(b->lora_cnt, 0, T * LP_CU_MAX_MODS * sizeof(unsigned)));
     for (int i = 0; i < P->max_adapters; i++)
         CU(cudaEventCreateWithFlags(&b->slots[i].ready, cudaEventDisableTiming));
     if ((rc = ensure_meta(b, 4096, err)))
@@ -849,6 +944,20 @@ extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_param
     b->base.params = P;
     b->cfg = c;
     b->ct = file_ct(model->layers[0].proj[LP_MOD_Q].dtype);
+    const char *dt = getenv("LORAPLEX_CUDA_DTYPE"); /* bfloat16 | float16 | float32 overrides */
+    if (dt && *dt) {
+        if (!strcmp(dt, "float32"))
+            b->ct = LP_CT_F32;
+        else if (!strcmp(dt, "float16"))
+            b->ct = LP_CT_F16;
+        else if (!strcmp(dt, "bfloat16"))
+            b->ct = LP_CT_BF16;
+        else {
+            free(b);
+            return lp_error_set(err, LP_ERR_INVALID, "LORAPLEX_CUDA_DTYPE=%s (expected bfloat16, float16 or float32)",
+                                dt);
+        }
+    }
     b->csz = lp_cu_type_size(b->ct);
     b->q_dim = (int64_t)c->n_heads * c->head_dim;
     b->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;

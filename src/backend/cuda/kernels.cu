@@ -59,38 +59,58 @@ cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_
     return cudaGetLastError();
 }
 
+/* One block per output row; each thread keeps its (at most NORM_VEC)
+ * elements of x and of the weight in registers across the reduction. */
+#define NORM_VEC 16
 template <typename T>
-__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *bias, const float *w, T *out,
-                                   const int32_t *idx, int D, float eps) {
+__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2, const float *bias, const float *w,
+                                   T *out, const int32_t *idx, int D, float eps) {
     int t = idx ? idx[blockIdx.x] : blockIdx.x;
     float *xr = x + (size_t)t * D;
+    float v[NORM_VEC], wv[NORM_VEC];
     float ss = 0.0f;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        float v = xr[j];
-        if (add) {
-            v += add[(size_t)t * D + j] + (bias ? bias[j] : 0.0f);
-            xr[j] = v;
+#pragma unroll
+    for (int k = 0; k < NORM_VEC; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        if (j < D) {
+            float a = xr[j];
+            if (add)
+                a += add[(size_t)t * D + j] + (add2 ? add2[(size_t)t * D + j] : 0.0f) + (bias ? bias[j] : 0.0f);
+            v[k] = a;
+            wv[k] = w[j];
+            ss += a * a;
         }
-        ss += v * v;
     }
     ss = lp_block_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)D + eps);
     T *o = out + (size_t)blockIdx.x * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x)
-        o[j] = lp_to<T>(w[j] * (xr[j] * r));
+#pragma unroll
+    for (int k = 0; k < NORM_VEC; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        if (j < D) {
+            if (add)
+                xr[j] = v[k];
+            o[j] = lp_to<T>(wv[k] * (v[k] * r));
+        }
+    }
 }
 
-cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *bias, const float *w, void *out,
-                              lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps, cudaStream_t s) {
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
+                              void *out, lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps,
+                              cudaStream_t s) {
     if (n_out <= 0)
         return cudaSuccess;
-    int th = D >= 2048 ? 512 : 256;
+    int th = 128;
+    while (th * NORM_VEC < D && th < 1024)
+        th *= 2;
+    if (th * NORM_VEC < D)
+        return cudaErrorInvalidValue; /* hidden > 16384: not a model we load */
     if (ot == LP_CT_F32)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (float *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (float *)out, idx, D, eps);
     else if (ot == LP_CT_F16)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (__half *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (__half *)out, idx, D, eps);
     else
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, bias, w, (bf16 *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (bf16 *)out, idx, D, eps);
     return cudaGetLastError();
 }
 
@@ -111,9 +131,10 @@ __global__ void qkv_rope_kernel(const float *qkv, float *qout, KT *kv, lp_cu_rop
     int head = kind == 0 ? y : kind == 1 ? y - r.H : y - r.H - r.KVH;
     int col = kind == 0 ? head * hd : kind == 1 ? qdim + head * hd : qdim + kvdim + head * hd;
     const float *src = qkv + (size_t)t * ld + col;
+    const float *lo = r.lora ? r.lora + (size_t)t * ld + col : NULL;
     bool on = i < half;
-    float a = on ? src[i] + (r.bias ? r.bias[col + i] : 0.0f) : 0.0f;
-    float b = on ? src[i + half] + (r.bias ? r.bias[col + i + half] : 0.0f) : 0.0f;
+    float a = on ? src[i] + (r.bias ? r.bias[col + i] : 0.0f) + (lo ? lo[i] : 0.0f) : 0.0f;
+    float b = on ? src[i + half] + (r.bias ? r.bias[col + i + half] : 0.0f) + (lo ? lo[i + half] : 0.0f) : 0.0f;
     int pos = tk.pos[t];
     if (kind < 2) {
         const float *nw = kind == 0 ? r.q_norm : r.k_norm;
@@ -165,7 +186,7 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
  * online softmax per query head over the positions it saw; the warps are
  * merged in shared memory at the end. Lane l holds the ND consecutive
  * head-dim elements l*ND .. l*ND+ND-1, read with one vector load. */
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 #define ATT_MAXG LP_CU_ATT_HEADS
 
 template <typename KT, int ND> struct __align__(sizeof(KT) * ND) kv_vec { KT v[ND]; };
@@ -219,14 +240,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     /* each warp takes U consecutive positions at a time and issues their
      * K and V loads before using any: U loads in flight per lane */
     constexpr int U = ND >= 8 ? 2 : 4;
+    /* the block-table entries of the next group of positions are loaded one
+     * iteration ahead, so K/V loads do not wait for them */
+    int bnext[U];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        bnext[u] = lo + warp * U + u < hi ? bt[(lo + warp * U + u) / a.bs] : 0;
+    size_t kbase = ((size_t)a.layer * 2 * a.KVH + g) * a.bs, vbase = kbase + (size_t)a.KVH * a.bs;
     for (int p0 = lo + warp * U; p0 < hi; p0 += ATT_WARPS * U) {
         float kr[U][ND], vr[U][ND];
+        int bcur[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            bcur[u] = bnext[u];
+            int pn = p0 + ATT_WARPS * U + u;
+            bnext[u] = pn < hi ? bt[pn / a.bs] : 0;
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int p = p0 + u;
             if (p < hi) {
-                load_lane<KT, ND>(kv + kv_off(bt, p, a.layer, 0, g, a.KVH, a.bs, hd, a.block_elems), lane, hd, kr[u]);
-                load_lane<KT, ND>(kv + kv_off(bt, p, a.layer, 1, g, a.KVH, a.bs, hd, a.block_elems), lane, hd, vr[u]);
+                size_t blk = (size_t)bcur[u] * a.block_elems, slot = (size_t)(p % a.bs);
+                load_lane<KT, ND>(kv + blk + (kbase + slot) * hd, lane, hd, kr[u]);
+                load_lane<KT, ND>(kv + blk + (vbase + slot) * hd, lane, hd, vr[u]);
             } else {
 #pragma unroll
                 for (int i = 0; i < ND; i++)
@@ -308,17 +344,27 @@ __global__ void attention_combine_kernel(KT *out, lp_cu_attn a) {
     if (d >= hd)
         return;
     const float *pp = a.part + ((size_t)t * a.H + h) * a.splits * (hd + 2);
+    /* all loads first (unrolled to the most splits), then the arithmetic */
+    float ms[LP_CU_ATT_MAX_SPLITS], ls[LP_CU_ATT_MAX_SPLITS], os[LP_CU_ATT_MAX_SPLITS];
+#pragma unroll
+    for (int s = 0; s < LP_CU_ATT_MAX_SPLITS; s++) {
+        bool on = s < a.splits;
+        ms[s] = on ? pp[s * (hd + 2) + hd] : -INFINITY;
+        ls[s] = on ? pp[s * (hd + 2) + hd + 1] : 0.0f;
+        os[s] = on ? pp[s * (hd + 2) + d] : 0.0f;
+    }
     float M = -INFINITY;
-    for (int s = 0; s < a.splits; s++)
-        M = fmaxf(M, pp[s * (hd + 2) + hd]);
+#pragma unroll
+    for (int s = 0; s < LP_CU_ATT_MAX_SPLITS; s++)
+        M = fmaxf(M, ms[s]);
     float L = 0.0f, O = 0.0f;
-    for (int s = 0; s < a.splits; s++) {
-        float ms = pp[s * (hd + 2) + hd];
-        if (ms == -INFINITY)
+#pragma unroll
+    for (int s = 0; s < LP_CU_ATT_MAX_SPLITS; s++) {
+        if (ms[s] == -INFINITY)
             continue;
-        float f = expf(ms - M);
-        L += pp[s * (hd + 2) + hd + 1] * f;
-        O += pp[s * (hd + 2) + d] * f;
+        float f = expf(ms[s] - M);
+        L += ls[s] * f;
+        O += os[s] * f;
     }
     out[(size_t)t * a.H * hd + (size_t)h * hd + d] = lp_to<KT>(O / L);
 }
@@ -360,26 +406,26 @@ cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void 
 }
 
 template <typename T>
-__global__ void silu_mul_kernel(const float *gu, const float *bias, T *out, int Tn, int F) {
+__global__ void silu_mul_kernel(const float *gu, const float *lora, const float *bias, T *out, int Tn, int F) {
     size_t n = (size_t)Tn * F;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         size_t t = e / F;
         int i = (int)(e % F);
-        float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f);
-        float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f);
+        float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f) + (lora ? lora[t * 2 * F + i] : 0.0f);
+        float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f) + (lora ? lora[t * 2 * F + F + i] : 0.0f);
         out[e] = lp_to<T>(g / (1.0f + expf(-g)) * u);
     }
 }
 
-cudaError_t lp_cu_silu_mul(const float *gu, const float *bias, void *out, lp_cu_type ot, int T, int F,
-                           cudaStream_t s) {
+cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot, int T,
+                           int F, cudaStream_t s) {
     size_t n = (size_t)T * F;
     unsigned grid = (unsigned)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
     if (ot == LP_CT_F32)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (float *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (float *)out, T, F);
     else if (ot == LP_CT_F16)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (__half *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (__half *)out, T, F);
     else
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, bias, (bf16 *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (bf16 *)out, T, F);
     return cudaGetLastError();
 }

@@ -7,8 +7,9 @@
  *   shrink  V[s, t, z, :r] = X[t, cols of split s] . A_z^T
  *           grid (tiles, K splits, modules): the tile's X columns are staged
  *           in shared memory, each warp computes ranks r = warp, warp + 8, ...
- *           with 16-byte loads of A; each split writes its own partial sums.
- *   expand  Y[t, col_z + o] += alpha_t scaling (sum_s V[s, t, z]) . Bt_z[:, o]
+ *           with 16-byte loads of A; each split writes its own partial sums
+ *           and the last split block of a tile to finish adds them up.
+ *   expand  Y[t, col_z + o] += alpha_t scaling V[0, t, z] . Bt_z[:, o]
  *           grid (tiles, output tiles of 256, modules); Bt is stored
  *           (rank, out) so a warp reads 256 contiguous bytes per rank step;
  *           DoRA rescales the base output in the same pass.
@@ -33,6 +34,8 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
     __shared__ __align__(16) float xs[LP_CU_LORA_TILE][SHRINK_KCHUNK];
     lp_cu_lora_item it = c.items[blockIdx.x];
     int z = blockIdx.z;
+    if (it.slot < 0)
+        return;
     lp_cu_lora_desc d = lora_desc(c, it.slot, mods.mod[z]);
     int k0 = blockIdx.y * kchunk;
     if (d.rank == 0 || k0 >= K)
@@ -88,6 +91,30 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
             }
         }
     }
+    if (gridDim.y == 1)
+        return;
+    /* the last split block of this (tile, module) sums the partials into split 0 */
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    unsigned *cnt = &c.counters[(size_t)blockIdx.x * LP_CU_MAX_MODS + z];
+    if (threadIdx.x == 0)
+        last = atomicAdd(cnt, 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    size_t stride = (size_t)c.T * LP_CU_MAX_MODS * c.rmax;
+    for (int e = threadIdx.x; e < it.n * d.rank; e += blockDim.x) {
+        int tt = e / d.rank, r = e % d.rank;
+        float *v = c.V + ((size_t)c.perm[it.p0 + tt] * LP_CU_MAX_MODS + z) * c.rmax + r;
+        float sum = 0.0f;
+        for (int sp = 0; sp < (int)gridDim.y; sp++)
+            sum += __ldcg(v + sp * stride); /* L2: other blocks wrote them */
+        *v = sum;
+    }
+    if (threadIdx.x == 0)
+        *cnt = 0; /* ready for the next launch */
 }
 
 __global__ void __launch_bounds__(EXPAND_THREADS)
@@ -95,18 +122,25 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
     __shared__ float vs[LP_CU_LORA_TILE][EXPAND_MAX_RANK];
     lp_cu_lora_item it = c.items[blockIdx.x];
     int z = blockIdx.z, N = mods.out[z], col = mods.col[z];
-    lp_cu_lora_desc d = lora_desc(c, it.slot, mods.mod[z]);
-    if (d.rank == 0 || blockIdx.y * EXPAND_THREADS * EXPAND_VEC >= N)
+    if (blockIdx.y * EXPAND_THREADS * EXPAND_VEC >= N)
         return; /* uniform over the block */
+    lp_cu_lora_desc d;
+    if (it.slot >= 0)
+        d = lora_desc(c, it.slot, mods.mod[z]);
+    else
+        d.rank = 0;
+    if (d.rank == 0) { /* nothing to add: an overwriting expand writes zeros */
+        int o0 = (blockIdx.y * EXPAND_THREADS + threadIdx.x) * EXPAND_VEC;
+        if (c.overwrite)
+            for (int tt = 0; tt < it.n; tt++)
+                for (int j = 0; j < EXPAND_VEC && o0 + j < N; j++)
+                    Y[(size_t)c.perm[it.p0 + tt] * ldy + col + o0 + j] = 0.0f;
+        return;
+    }
     int R = d.rank;
     for (int e = threadIdx.x; e < it.n * R; e += blockDim.x) {
         int tt = e / R, k = e % R;
-        const float *v = c.V + ((size_t)c.perm[it.p0 + tt] * LP_CU_MAX_MODS + z) * c.rmax + k;
-        size_t stride = (size_t)c.T * LP_CU_MAX_MODS * c.rmax;
-        float sum = 0.0f;
-        for (int sp = 0; sp < c.ksplit; sp++)
-            sum += v[sp * stride];
-        vs[tt][k] = sum;
+        vs[tt][k] = c.V[((size_t)c.perm[it.p0 + tt] * LP_CU_MAX_MODS + z) * c.rmax + k];
     }
     __syncthreads();
     int o0 = (blockIdx.y * EXPAND_THREADS + threadIdx.x) * EXPAND_VEC;
@@ -161,7 +195,9 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
             if (o >= N)
                 break;
             float u = d.scaling * acc[tt][j];
-            if (!d.dora) {
+            if (c.overwrite) {
+                y[o] = alpha * u; /* (no DoRA here: it needs the base output) */
+            } else if (!d.dora) {
                 y[o] += alpha * u;
             } else {
                 float gm = d.dora[o], base = y[o];
@@ -193,7 +229,9 @@ cudaError_t lp_cu_lora_shrink(const lp_cu_lora_call *c, const lp_cu_mods *mods, 
     int kchunk = kchunk_for(K, c->ksplit);
     if ((K + kchunk - 1) / kchunk != c->ksplit)
         return cudaErrorInvalidValue; /* ksplit did not come from lp_cu_lora_ksplit for this K */
-    dim3 grid(c->n_items, c->ksplit, mods->n);
+    if (c->n_lora_items == 0)
+        return cudaSuccess;
+    dim3 grid(c->n_lora_items, c->ksplit, mods->n);
     if (xt == LP_CT_F32)
         lora_shrink_kernel<<<grid, SHRINK_WARPS * 32, 0, s>>>(*c, *mods, (const float *)X, ldx, K, kchunk);
     else if (xt == LP_CT_F16)

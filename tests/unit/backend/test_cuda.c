@@ -1,15 +1,20 @@
 /* test_cuda.c - the CUDA backend against the transformers + PEFT reference
- * and the CPU backend, for each fixture family given:
+ * and the CPU backend, for each fixture family given, in two passes: the
+ * model's own compute type (bf16 for the fixtures) and fp32 compute
+ * (LORAPLEX_CUDA_DTYPE=float32). Tolerances (relative L2) per pass below.
  *   a. base + every fixture adapter, every prompt: logits at every position
- *      within 1e-2 relative L2 of the reference (bf16 KV and tensor cores);
+ *      against the reference - bf16: base 1e-2, adapters 3e-2 (the fixture
+ *      adapters are random with scalings up to 4: their deltas amplify bf16
+ *      activation rounding); fp32: 1e-4 for all;
  *   b. 16-token greedy continuations equal the reference's, except that at a
  *      step where the CPU backend (= the reference to 3e-6) sees a top-2
  *      logit margin <= 0.05 the GPU may pick the other token (the rest of that
  *      continuation is then not compared);
  *   c. one mixed batch of base and adapter rows (ranks 4-16, rsLoRA, DoRA),
  *      fresh prefills with every position's logits, prefill chunks after
- *      cached tokens, decode rows, scales 0.5-1.0: each row within 1e-2 of the
- *      CPU backend running it alone and within 1e-3 of the GPU running it alone;
+ *      cached tokens, decode rows, scales 0.5-1.0: each row within the adapter
+ *      tolerance of the CPU backend running it alone and within 1e-3 of the
+ *      GPU running it alone;
  *   d. bad adapter slots, slots not loaded and ranks over max_lora_rank are
  *      errors with a message, and the backend keeps working.
  * Without a CUDA device (or in a build without the CUDA backend) it prints
@@ -32,7 +37,11 @@
 #define BLOCK_SIZE 16
 #define BLOCKS_PER_SEQ 4 /* 64 positions: the longest prompt (45) + 16 greedy tokens */
 #define MAX_RANK 64
-#define REF_TOL 1e-2     /* GPU vs reference or CPU backend */
+/* GPU vs reference or CPU backend, set per pass in main(): the model's own
+ * compute type (bf16 here) and fp32 */
+static double g_tol = 1e-2;       /* base model, and every row in fp32 */
+static double g_tol_lora = 1e-2;  /* adapter rows */
+static const char *g_pass = "";
 #define SELF_TOL 1e-3    /* GPU mixed batch vs GPU alone */
 #define MARGIN_TOL 0.05  /* a greedy step this close may go either way */
 
@@ -221,8 +230,9 @@ static void check_reference(const fixture *f, lp_backend *gpu, lp_backend *cpu) 
         char greedy[160] = "identical";
         for (int p = 0; p < f->ref.n_prompts; p++) {
             double worst = prompt_logits_error(f, gpu, ti, p, out);
-            CHECKF(worst >= 0 && worst <= REF_TOL, "%s %s prompt %d: worst position rel L2 %.3g (limit %.0e)",
-                   f->family, f->tags[ti], p, worst, REF_TOL);
+            double tol = ti == 0 ? g_tol : g_tol_lora;
+            CHECKF(worst >= 0 && worst <= tol, "%s %s %s prompt %d: worst position rel L2 %.3g (limit %.0e)", g_pass,
+                   f->family, f->tags[ti], p, worst, tol);
             if (worst > worst_all)
                 worst_all = worst;
             int at = 0;
@@ -234,8 +244,8 @@ static void check_reference(const fixture *f, lp_backend *gpu, lp_backend *cpu) 
             else if (same < 0)
                 snprintf(greedy, sizeof greedy, "DIFFERENT (prompt %d)", p);
         }
-        printf("%-6s %-16s worst rel L2 %.2e over %d prompts, greedy %s\n", f->family, f->tags[ti], worst_all,
-               f->ref.n_prompts, greedy);
+        printf("%-5s %-6s %-16s worst rel L2 %.2e over %d prompts, greedy %s\n", g_pass, f->family, f->tags[ti],
+               worst_all, f->ref.n_prompts, greedy);
     }
     free(out);
 }
@@ -335,7 +345,7 @@ static void check_mixed_batch(const fixture *f, lp_backend *gpu, lp_backend *cpu
         for (size_t t = off[i]; t < off[i + 1]; t++) {
             double ec = rel_l2(mixed + t * vsz, cpu_alone + t * vsz, f->vocab);
             double eg = rel_l2(mixed + t * vsz, gpu_alone + t * vsz, f->vocab);
-            CHECKF(ec <= REF_TOL && eg <= SELF_TOL,
+            CHECKF(ec <= g_tol_lora && eg <= SELF_TOL,
                    "%s mixed row %d (%s, %s, len %d, scale %.1f) token %zu: rel L2 %.3g vs CPU alone, %.3g vs GPU "
                    "alone", f->family, i, spec[i].slot < 0 ? "base" : f->tags[spec[i].slot], kind, spec[i].len,
                    (double)spec[i].scale, t - off[i], ec, eg);
@@ -432,7 +442,23 @@ int main(int argc, char **argv) {
         printf("no CUDA device: skipped\n");
         return 77;
     }
+    /* pass 1, the model's compute type (bf16 for the fixtures): the base within
+     * 1e-2 of the fp32 reference; adapter rows within 3e-2 - the fixture
+     * adapters are random, not trained, with scalings up to 4, and their
+     * large deltas amplify the rounding of bf16 activations (the trained
+     * demo adapters give the reference's tokens: test_task_eval) */
+    g_pass = "bf16";
+    g_tol = 1e-2;
+    g_tol_lora = 3e-2;
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
+    /* pass 2, fp32 compute (LORAPLEX_CUDA_DTYPE=float32): the same kernels
+     * without bf16 rounding must match the reference like the CPU does */
+    setenv("LORAPLEX_CUDA_DTYPE", "float32", 1);
+    g_pass = "fp32";
+    g_tol = g_tol_lora = 1e-4;
+    for (int i = 1; i < argc; i++)
+        check_fixture(argv[i]);
+    unsetenv("LORAPLEX_CUDA_DTYPE");
     return lp_test_finish("test_cuda");
 }
