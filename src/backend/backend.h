@@ -94,7 +94,8 @@ size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int 
  * "cuda" on a build or machine without it fail with a message saying so. */
 int lp_backend_new(const char *device, const lp_model *model, const lp_backend_params *params,
                    lp_backend **out, lp_error *err);
-/* "cpu" or "cuda": what lp_backend_new would pick for `device`. */
+/* "cpu" or "cuda": what lp_backend_new would pick for `device`; NULL for a
+ * name it does not know. */
 const char *lp_backend_resolve(const char *device);
 
 static inline void lp_backend_free(lp_backend *b) {

@@ -16,7 +16,7 @@ int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_
         if (r->n_tokens < 1 || r->pos0 < 0 || (int64_t)r->pos0 + r->n_tokens > max_ctx)
             return lp_error_set(err, LP_ERR_RANGE, "forward: row %d spans positions %d..%d (limit %lld)",
                                 i, r->pos0, r->pos0 + r->n_tokens, (long long)max_ctx);
-        if (r->adapter >= P->max_adapters || (r->adapter >= 0 && !slots[r->adapter]))
+        if (r->adapter < -1 || r->adapter >= P->max_adapters || (r->adapter >= 0 && !slots[r->adapter]))
             return lp_error_set(err, LP_ERR_INVALID, "forward: row %d: adapter slot %d is not loaded", i,
                                 r->adapter);
         if (!(r->adapter_scale >= -100.0f && r->adapter_scale <= 100.0f))

@@ -178,6 +178,14 @@ static void synth_cases(void) {
         CHECK(lp_backend_cpu_new(m, &bp, &be, &err) == LP_OK);
         int32_t prompt[5] = {1, 2, 3, 4, 5}, out[8];
         CHECK(be && conform_greedy(be, prompt, 5, -1, 8, out) == 8);
+        if (be) { /* a slot below -1 is an error, not the base model */
+            int32_t blocks[1] = {0};
+            float *lg = malloc(sizeof(float) * 300);
+            lp_batch_row row = {.tokens = prompt, .n_tokens = 1, .pos0 = 0, .blocks = blocks, .adapter = -2,
+                                .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+            CHECK(lp_backend_forward(be, &row, 1, lg, &err) == LP_ERR_INVALID && strstr(err.msg, "slot -2"));
+            free(lg);
+        }
         lp_backend_free(be);
         lp_model_free(m);
     }
