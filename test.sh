@@ -26,7 +26,7 @@ if [ -n "$nvcc_bin" ]; then
   echo "== CUDA build (compile only)"
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_CUDA=ON -DLORAPLEX_WERROR=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc_bin" >/dev/null
-  cmake --build build-cuda -j"$jobs" --target loraplex test_cuda >/dev/null
+  cmake --build build-cuda -j"$jobs" --target loraplex test_cuda gpu_bench bench_lora_kernels >/dev/null
 fi
 
 echo "== release build (-Werror)"

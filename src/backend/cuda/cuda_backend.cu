@@ -659,8 +659,20 @@ static void cuda_adapter_unload(lp_backend *base, int slot) {
 /* w (rows, cols) into dst as bf16 or fp32, optionally transposed. */
 static void adapter_rows(void *dst, bool f32, const lp__weight *w, bool transpose) {
     int64_t R = w->rows, C = w->cols;
-    if (!transpose && w->dtype == (f32 ? LP_DTYPE_F32 : LP_DTYPE_BF16)) {
-        memcpy(dst, w->data, (size_t)(R * C) * (f32 ? 4 : 2));
+    if (w->dtype == (f32 ? LP_DTYPE_F32 : LP_DTYPE_BF16)) { /* same dtype: plain copies */
+        if (!transpose) {
+            memcpy(dst, w->data, (size_t)(R * C) * (f32 ? 4 : 2));
+        } else if (f32) {
+            const float *src = (const float *)w->data;
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t k = 0; k < C; k++)
+                    ((float *)dst)[k * R + r] = src[r * C + k];
+        } else {
+            const uint16_t *src = (const uint16_t *)w->data;
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t k = 0; k < C; k++)
+                    ((uint16_t *)dst)[k * R + r] = src[r * C + k];
+        }
         return;
     }
     for (int64_t r = 0; r < R; r++)
