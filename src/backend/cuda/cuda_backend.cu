@@ -595,9 +595,9 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     /* attention split along the sequence when the batch alone leaves SMs idle */
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
     int splits = 1;
-    if (T * yg < 4 * b->n_sm && max_len > 64) { /* aim at 4 blocks per SM, >= 32 positions each */
+    if (T * yg < 4 * b->n_sm && max_len > 128) { /* aim at 4 blocks per SM, >= 128 positions each */
         int64_t want = (4 * b->n_sm + T * yg - 1) / (T * yg);
-        splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + 31) / 32);
+        splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + 127) / 128);
         splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / T);
         if (splits < 1)
             splits = 1;

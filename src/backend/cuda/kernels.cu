@@ -182,10 +182,10 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
 }
 
 /* Attention. One block per (token, kv head [, group of up to ATT_MAXG of its
- * query heads], split): its warps take positions in turn, each keeping an
- * online softmax per query head over the positions it saw; the warps are
- * merged in shared memory at the end. Lane l holds the ND consecutive
- * head-dim elements l*ND .. l*ND+ND-1, read with one vector load. */
+ * query heads], split): its warps take tiles of 32 positions in turn, each
+ * keeping an online softmax per query head over the positions it saw; the
+ * warps are merged in shared memory at the end. For the values, lane l holds
+ * the ND consecutive head-dim elements l*ND .. l*ND+ND-1 (one vector load). */
 #define ATT_WARPS 8
 #define ATT_MAXG LP_CU_ATT_HEADS
 
@@ -207,11 +207,34 @@ __device__ __forceinline__ void load_lane(const KT *p, int lane, int hd, float *
     }
 }
 
+/* 8 elements of a K row from d0 on, as fp32 (zero past hd). */
+template <typename KT>
+__device__ __forceinline__ void load_k8(const KT *p, int d0, int hd, float *out) {
+    if (d0 + 8 <= hd && hd % 8 == 0) {
+        kv_vec<KT, 8> r = *(const kv_vec<KT, 8> *)(p + d0);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            out[i] = lp_f(r.v[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            out[i] = d0 + i < hd ? lp_f(p[d0 + i]) : 0.0f;
+    }
+}
+
+/* Each warp takes tiles of 32 consecutive positions. Scores: lane i owns
+ * position tile+i, reads its whole K row (16-byte loads) and dots it with the
+ * block's query heads from shared memory - no cross-lane sums per position.
+ * Softmax: one warp max per tile and head. Values: the tile's probabilities
+ * go through shared memory and every lane accumulates its head-dim elements
+ * over the 32 positions (V rows read coalesced, block ids passed by shuffle). */
 template <typename KT, int ND>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, const KT *kv, KT *out, lp_cu_attn a, lp_cu_toks tk) {
     __shared__ float sm_m[ATT_WARPS][ATT_MAXG], sm_l[ATT_WARPS][ATT_MAXG];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXG][ND * 32];
+    __shared__ float sq[ATT_MAXG][ND * 32];
+    __shared__ float sp[ATT_WARPS][ATT_MAXG][32];
     int t = blockIdx.x, split = blockIdx.z, hd = a.hd;
     int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
     int g = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
@@ -224,81 +247,96 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     int len = pos + 1 - start, chunk = (len + a.splits - 1) / a.splits;
     int lo = start + split * chunk, hi = min(pos + 1, lo + chunk);
     const int32_t *bt = tk.blocks + tk.blkoff[t];
+    for (int e = threadIdx.x; e < ATT_MAXG * ND * 32; e += blockDim.x) {
+        int j = e / (ND * 32), d = e % (ND * 32);
+        sq[j][d] = j < ng && d < hd ? q[(size_t)t * qdim + (size_t)(h0 + j) * hd + d] : 0.0f;
+    }
+    __syncthreads();
 
-    float qr[ATT_MAXG][ND], acc[ATT_MAXG][ND], m[ATT_MAXG], l[ATT_MAXG];
+    float acc[ATT_MAXG][ND], m[ATT_MAXG], l[ATT_MAXG];
 #pragma unroll
     for (int j = 0; j < ATT_MAXG; j++) {
         m[j] = -INFINITY;
-        l[j] = 0.0f;
+        l[j] = 0.0f; /* this lane's share of the sum */
 #pragma unroll
-        for (int i = 0; i < ND; i++) {
-            int d = lane * ND + i;
-            qr[j][i] = j < ng && d < hd ? q[(size_t)t * qdim + (size_t)(h0 + j) * hd + d] : 0.0f;
+        for (int i = 0; i < ND; i++)
             acc[j][i] = 0.0f;
-        }
     }
-    /* each warp takes U consecutive positions at a time and issues their
-     * K and V loads before using any: U loads in flight per lane */
-    constexpr int U = ND >= 8 ? 2 : 4;
-    /* the block-table entries of the next group of positions are loaded one
-     * iteration ahead, so K/V loads do not wait for them */
-    int bnext[U];
-#pragma unroll
-    for (int u = 0; u < U; u++)
-        bnext[u] = lo + warp * U + u < hi ? bt[(lo + warp * U + u) / a.bs] : 0;
     size_t kbase = ((size_t)a.layer * 2 * a.KVH + g) * a.bs, vbase = kbase + (size_t)a.KVH * a.bs;
-    for (int p0 = lo + warp * U; p0 < hi; p0 += ATT_WARPS * U) {
-        float kr[U][ND], vr[U][ND];
-        int bcur[U];
+    for (int p0 = lo + warp * 32; p0 < hi; p0 += ATT_WARPS * 32) {
+        int p = p0 + lane;
+        bool on = p < hi;
+        int blk = on ? bt[p / a.bs] : 0;
+        float sc[ATT_MAXG];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            bcur[u] = bnext[u];
-            int pn = p0 + ATT_WARPS * U + u;
-            bnext[u] = pn < hi ? bt[pn / a.bs] : 0;
-        }
+        for (int j = 0; j < ATT_MAXG; j++)
+            sc[j] = 0.0f;
+        if (on) {
+            const KT *kp = kv + (size_t)blk * a.block_elems + (kbase + (size_t)(p % a.bs)) * hd;
+            for (int d0 = 0; d0 < hd; d0 += 8) {
+                float kf[8];
+                load_k8<KT>(kp, d0, hd, kf);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int p = p0 + u;
-            if (p < hi) {
-                size_t blk = (size_t)bcur[u] * a.block_elems, slot = (size_t)(p % a.bs);
-                load_lane<KT, ND>(kv + blk + (kbase + slot) * hd, lane, hd, kr[u]);
-                load_lane<KT, ND>(kv + blk + (vbase + slot) * hd, lane, hd, vr[u]);
-            } else {
+                for (int j = 0; j < ATT_MAXG; j++)
 #pragma unroll
-                for (int i = 0; i < ND; i++)
-                    kr[u][i] = vr[u][i] = 0.0f;
+                    for (int i = 0; i < 8; i++)
+                        sc[j] += sq[j][(d0 + i) & (ND * 32 - 1)] * kf[i];
             }
         }
 #pragma unroll
         for (int j = 0; j < ATT_MAXG; j++) {
             if (j < ng) {
-                float sc[U], mn = m[j];
+                float sv = on ? sc[j] * a.scale : -INFINITY;
+                float mt = sv;
 #pragma unroll
-                for (int u = 0; u < U; u++) {
-                    float sdot = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < ND; i++)
-                        sdot += qr[j][i] * kr[u][i];
-                    sc[u] = p0 + u < hi ? lp_warp_sum(sdot) * a.scale : -INFINITY;
-                    mn = fmaxf(mn, sc[u]);
-                }
-                float corr = expf(m[j] - mn); /* m = -inf first: 0 */
-                l[j] *= corr;
+                for (int o = 16; o; o >>= 1)
+                    mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+                float mn = fmaxf(m[j], mt); /* lane 0's position is in range: finite */
+                float corr = expf(m[j] - mn), pe = on ? expf(sv - mn) : 0.0f;
+                l[j] = l[j] * corr + pe;
 #pragma unroll
                 for (int i = 0; i < ND; i++)
                     acc[j][i] *= corr;
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    float pe = expf(sc[u] - mn); /* past hi: exp(-inf) = 0 */
-                    l[j] += pe;
-#pragma unroll
-                    for (int i = 0; i < ND; i++)
-                        acc[j][i] += pe * vr[u][i];
-                }
                 m[j] = mn;
+                sp[warp][j][lane] = pe;
             }
         }
+        __syncwarp();
+        int n = min(32, hi - p0);
+        for (int i0 = 0; i0 < n; i0 += 4) {
+            float vr[4][ND];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = i0 + u;
+                int bi = __shfl_sync(0xffffffffu, blk, i & 31);
+                if (i < n) {
+                    int pi = p0 + i;
+                    load_lane<KT, ND>(kv + (size_t)bi * a.block_elems + (vbase + (size_t)(pi % a.bs)) * hd, lane,
+                                      hd, vr[u]);
+                } else {
+#pragma unroll
+                    for (int d = 0; d < ND; d++)
+                        vr[u][d] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (i0 + u < n) {
+#pragma unroll
+                    for (int j = 0; j < ATT_MAXG; j++) {
+                        float pj = j < ng ? sp[warp][j][i0 + u] : 0.0f;
+#pragma unroll
+                        for (int d = 0; d < ND; d++)
+                            acc[j][d] += pj * vr[u][d];
+                    }
+                }
+            }
+        }
+        __syncwarp(); /* sp is rewritten by the next tile */
     }
+#pragma unroll
+    for (int j = 0; j < ATT_MAXG; j++)
+        l[j] = lp_warp_sum(l[j]);
 #pragma unroll
     for (int j = 0; j < ATT_MAXG; j++) {
         if (lane == 0) {
