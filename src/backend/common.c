@@ -1,5 +1,6 @@
 /* common.c - row checks and rotary tables shared by every backend. */
 #include <math.h>
+#include <string.h>
 
 #include "backend/common.h"
 #include "lora/adapter-impl.h"
@@ -79,4 +80,50 @@ int lp__backend_check_adapter(const lp_backend *base, int slot, const lp_adapter
             return lp_error_set(err, LP_ERR_INVALID, "%s: DoRA norms were not computed (load it with the model)",
                                 a->dir);
     return LP_OK;
+}
+
+void lp__lora_group_count(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
+                          lp__lora_groups *g) {
+    memset(g, 0, sizeof *g);
+    for (int s = 0; s < max_adapters; s++)
+        cnt[s] = 0;
+    for (int i = 0; i < n_rows; i++) {
+        g->n_tokens += rows[i].n_tokens;
+        if (rows[i].adapter >= 0 && rows[i].adapter < max_adapters)
+            cnt[rows[i].adapter] += rows[i].n_tokens;
+    }
+    for (int s = 0; s < max_adapters; s++) {
+        g->n_adapter_items += (cnt[s] + tile - 1) / tile;
+        g->n_lora_tokens += cnt[s];
+    }
+    g->n_items = g->n_lora_tokens ? g->n_adapter_items + (g->n_tokens - g->n_lora_tokens + tile - 1) / tile : 0;
+}
+
+void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
+                         const lp__lora_groups *g, int32_t *perm, int32_t *items) {
+    int32_t acc = 0, k = 0;
+    for (int s = 0; s < max_adapters; s++) {
+        for (int32_t p = 0; p < cnt[s]; p += tile, k++) {
+            int32_t *it = items + 4 * (size_t)k;
+            it[0] = s;
+            it[1] = acc + p;
+            it[2] = cnt[s] - p < tile ? cnt[s] - p : tile;
+            it[3] = 0;
+        }
+        int32_t n = cnt[s];
+        cnt[s] = acc; /* from here on: the slot's next place in perm */
+        acc += n;
+    }
+    int32_t base0 = acc, nbase = (int32_t)(g->n_tokens - g->n_lora_tokens);
+    for (int32_t p = 0; p < nbase; p += tile, k++) {
+        int32_t *it = items + 4 * (size_t)k;
+        it[0] = -1;
+        it[1] = base0 + p;
+        it[2] = nbase - p < tile ? nbase - p : tile;
+        it[3] = 0;
+    }
+    int32_t t = 0;
+    for (int i = 0; i < n_rows; i++)
+        for (int j = 0; j < rows[i].n_tokens; j++, t++)
+            perm[rows[i].adapter >= 0 ? cnt[rows[i].adapter]++ : acc++] = t;
 }

@@ -16,6 +16,26 @@ int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_
  * model, rank within max_lora_rank, DoRA norms computed. */
 int lp__backend_check_adapter(const lp_backend *b, int slot, const lp_adapter *a, lp_error *err);
 
+/* The grouping of a call's tokens for segmented multi-LoRA kernels: the
+ * tokens of adapter rows grouped by slot (ascending), then the base-model
+ * tokens, cut into tiles of at most `tile` tokens of one slot. */
+typedef struct lp__lora_groups {
+    int64_t n_tokens;        /* all tokens of the call */
+    int64_t n_lora_tokens;   /* tokens of rows with an adapter */
+    int64_t n_adapter_items; /* tiles of adapter tokens (they come first) */
+    int64_t n_items;         /* and the base tokens' tiles (slot -1) after them;
+                                0 when no row has an adapter */
+} lp__lora_groups;
+
+/* Counts; cnt (max_adapters) gets each slot's token count. */
+void lp__lora_group_count(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
+                          lp__lora_groups *g);
+/* After lp__lora_group_count with the same cnt (which it consumes): perm
+ * (n_tokens) = token indices in group order; items (n_items x 4 int32) =
+ * {slot, first index into perm, tokens, 0} per tile. */
+void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
+                         const lp__lora_groups *g, int32_t *perm, int32_t *items);
+
 /* Rotary inverse frequencies (head_dim/2) in fp32 as transformers computes
  * them, with the config's rope scaling (default, linear, llama3). */
 void lp__rope_inv_freq(const lp_model_config *c, float *inv_freq);

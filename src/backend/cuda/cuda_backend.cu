@@ -530,17 +530,11 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         n_blocks += ((int64_t)rows[i].pos0 + rows[i].n_tokens + bs - 1) / bs;
         decode &= rows[i].n_tokens == 1;
     }
-    memset(b->cnt, 0, sizeof(int32_t) * (size_t)(P->max_adapters ? P->max_adapters : 1));
-    for (int i = 0; i < n_rows; i++)
-        if (rows[i].adapter >= 0)
-            b->cnt[rows[i].adapter] += rows[i].n_tokens;
-    for (int s = 0; s < P->max_adapters; s++) {
-        n_items += (b->cnt[s] + LP_CU_LORA_TILE - 1) / LP_CU_LORA_TILE;
-        n_lora += b->cnt[s];
-    }
-    int64_t n_lora_items = n_items;
-    if (n_lora) /* the base tokens too, as tiles of slot -1 (see lp_cu_lora_call) */
-        n_items += (T - n_lora + LP_CU_LORA_TILE - 1) / LP_CU_LORA_TILE;
+    lp__lora_groups lg; /* adapter tiles, then the base tokens as tiles of slot -1 (see lp_cu_lora_call) */
+    lp__lora_group_count(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg);
+    n_items = lg.n_items;
+    n_lora = lg.n_lora_tokens;
+    int64_t n_lora_items = lg.n_adapter_items;
     meta_layout ml = meta_plan(T, n_blocks, nl, n_items);
     if ((rc = ensure_meta(b, ml.total, err)))
         return rc;
@@ -564,29 +558,8 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         }
         nb += nblk;
     }
-    /* LoRA: tokens grouped by slot (counting sort), cut into tiles */
-    if (n_lora) {
-        int32_t acc = 0, k = 0;
-        lp_cu_lora_item *items = (lp_cu_lora_item *)(h + ml.items);
-        for (int s = 0; s < P->max_adapters; s++) {
-            for (int32_t p = 0; p < b->cnt[s]; p += LP_CU_LORA_TILE) {
-                lp_cu_lora_item it = {s, acc + p, LP_MIN(LP_CU_LORA_TILE, b->cnt[s] - p), 0};
-                items[k++] = it;
-            }
-            int32_t n = b->cnt[s];
-            b->cnt[s] = acc; /* from here on: next free place of the slot in perm */
-            acc += n;
-        }
-        int32_t base0 = acc, nbase = (int32_t)(T - n_lora);
-        for (int32_t p = 0; p < nbase; p += LP_CU_LORA_TILE) {
-            lp_cu_lora_item it = {-1, base0 + p, LP_MIN(LP_CU_LORA_TILE, nbase - p), 0};
-            items[k++] = it;
-        }
-        t = 0;
-        for (int i = 0; i < n_rows; i++)
-            for (int j = 0; j < rows[i].n_tokens; j++, t++)
-                h[ml.perm + (rows[i].adapter >= 0 ? b->cnt[rows[i].adapter]++ : acc++)] = (int32_t)t;
-    }
+    if (n_lora)
+        lp__lora_group_fill(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg, h + ml.perm, h + ml.items);
     CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
     for (int i = 0; i < n_rows; i++)
         if (rows[i].adapter >= 0)

@@ -12,3 +12,8 @@ lp_add_unit_test(test_cuda
   ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
   LABELS backend gpu)
 set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)
+
+# The token grouping of the CUDA multi-LoRA kernels (host code), without a GPU.
+lp_add_unit_test(test_lora_groups
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_lora_groups.c
+  LABELS backend)
