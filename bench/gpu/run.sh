@@ -28,6 +28,7 @@
 #            $N_ADAPTERS distinct adapters, the mixed ranks, at $BATCHES
 #   nographs gpu_bench decode at batch 1 with LORAPLEX_CUDA_GRAPHS=0
 #   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
+#   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
 #   ttft     gpu_bench ttft: cold vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
 # Files under $OUT (the device tool brings back at most 8): results.jsonl (every
@@ -224,6 +225,17 @@ if want eval; then
     LORAPLEX_TEST_DEVICE=cuda stage eval-engine 120 log "$bin/test_task_eval" models tests/data/evals
   fi
   stage eval-server 150 log bench/gpu/serve-eval.sh "$bin/loraplex" cuda 97
+fi
+
+# ---- sanitize (not in the default STAGES): test_cuda on one fixture under
+# compute-sanitizer memcheck ----
+if want sanitize; then
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -n "$CS" ] && [ -x "$bin/test_cuda" ]; then
+    stage sanitize 240 log "$CS" --tool memcheck --error-exitcode 1 "$bin/test_cuda" tests/data/conform/llama
+  else
+    note sanitize "skipped (no compute-sanitizer or test_cuda)" ""
+  fi
 fi
 
 # ---- machine ----
