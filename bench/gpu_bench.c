@@ -600,17 +600,23 @@ static int prefill_all(bench *b, int32_t *const *toks, const int32_t *blocks, in
     return 0;
 }
 
+/* What decode and ttft start with: the machine's figures (printed), then the
+ * model and adapters loaded. */
+static int bench_start(const args *a, machine_info *mi, bench *b) {
+    if (strcmp(a->device, "cpu") ? measure_machine(mi) : measure_host(mi))
+        return 1;
+    print_machine(mi);
+    return bench_load(b, a);
+}
+
 static int cmd_decode(const args *a) {
     mode modes[MAX_MODES];
     for (int i = 0; i < a->n_modes; i++)
         if (parse_mode(a->modes[i], a->n_adapters, &modes[i]))
             return 2;
     machine_info mi;
-    if (strcmp(a->device, "cpu") ? measure_machine(&mi) : measure_host(&mi))
-        return 1;
-    print_machine(&mi);
     bench b;
-    if (bench_load(&b, a))
+    if (bench_start(a, &mi, &b))
         return 1;
     const lp_model_config *c = b.c;
     int vocab = c->vocab;
@@ -770,11 +776,8 @@ static int cmd_ttft(const args *a) {
         return 2;
     }
     machine_info mi;
-    if (strcmp(a->device, "cpu") ? measure_machine(&mi) : measure_host(&mi))
-        return 1;
-    print_machine(&mi);
     bench b;
-    if (bench_load(&b, a))
+    if (bench_start(a, &mi, &b))
         return 1;
     int bps = (a->isl + BLOCK - 1) / BLOCK;
     int max_tokens = LP_MAX(PREFILL_TOKENS, a->isl);

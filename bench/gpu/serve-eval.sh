@@ -58,6 +58,6 @@ for ad in math reverse sort; do
     [ "$tot" -gt 0 ] && [ "$pct" -ge "$MIN_PCT" ] || fail=1
 done
 grep -E "cuda backend|device" "$work/server.log" | head -3
-echo "serve-eval: $(wc -l <"$work/results") requests, concurrency $CONC, $(echo "$t1 - $t0" | bc 2>/dev/null || echo '?') s"
+echo "serve-eval: $(wc -l <"$work/results") requests, concurrency $CONC, $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
 [ $fail = 0 ] && echo "serve-eval: PASS" || echo "serve-eval: FAIL"
 exit $fail

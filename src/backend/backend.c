@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/common.h"
 #include "model/model-impl.h"
 
 const char *lp_backend_resolve(const char *device) {
@@ -40,14 +41,12 @@ int lp_backend_new(const char *device, const lp_model *model, const lp_backend_p
 }
 
 /* Bytes of one KV element on the resolved device: the CPU keeps fp32; CUDA
- * keeps fp32 for fp32 models and bf16 for the others. */
+ * keeps its compute type (lp__cuda_compute_dtype). */
 static size_t kv_element_bytes(const char *resolved, const lp_model *model) {
-    if (!resolved || strcmp(resolved, "cuda"))
-        return sizeof(float);
-    const char *dt = getenv("LORAPLEX_CUDA_DTYPE"); /* the CUDA backend's override */
-    if (dt && *dt)
-        return strcmp(dt, "float32") ? 2 : 4;
-    return model->layers[0].proj[LP_MOD_Q].dtype == LP_DTYPE_F32 ? 4 : 2;
+    lp_dtype t = LP_DTYPE_F32;
+    if (resolved && !strcmp(resolved, "cuda") && lp__cuda_compute_dtype(model, &t, NULL))
+        t = LP_DTYPE_BF16; /* a bad LORAPLEX_CUDA_DTYPE: creating the backend will say so */
+    return lp_dtype_size(t);
 }
 
 size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int block_size) {

@@ -1,13 +1,16 @@
 /* common.c - row checks and rotary tables shared by every backend. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/common.h"
 #include "lora/adapter-impl.h"
+#include "model/model-impl.h"
 
-int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_rows, int64_t max_ctx,
-                           const void *const *slots, int64_t *T_out, int64_t *n_logits, lp_error *err) {
+int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_rows, const void *const *slots,
+                           int64_t *T_out, int64_t *n_logits, lp_error *err) {
     const lp_backend_params *P = &b->params;
+    int64_t max_ctx = (int64_t)P->n_kv_blocks * P->block_size;
     const lp_model_config *c = lp_model_get_config(b->model);
     int64_t T = 0, nl = 0;
     if (n_rows < 1 || n_rows > P->max_rows)
@@ -126,4 +129,19 @@ void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters,
     for (int i = 0; i < n_rows; i++)
         for (int j = 0; j < rows[i].n_tokens; j++, t++)
             perm[rows[i].adapter >= 0 ? cnt[rows[i].adapter]++ : acc++] = t;
+}
+
+int lp__cuda_compute_dtype(const lp_model *model, lp_dtype *out, lp_error *err) {
+    const char *dt = getenv("LORAPLEX_CUDA_DTYPE");
+    if (dt && *dt) {
+        *out = !strcmp(dt, "float32") ? LP_DTYPE_F32 : !strcmp(dt, "float16") ? LP_DTYPE_F16
+             : !strcmp(dt, "bfloat16") ? LP_DTYPE_BF16 : LP_DTYPE_INVALID;
+        if (*out == LP_DTYPE_INVALID)
+            return lp_error_set(err, LP_ERR_INVALID, "LORAPLEX_CUDA_DTYPE=%s (expected bfloat16, float16 or float32)",
+                                dt);
+        return LP_OK;
+    }
+    lp_dtype w = model->layers[0].proj[LP_MOD_Q].dtype;
+    *out = w == LP_DTYPE_F32 || w == LP_DTYPE_F16 ? w : LP_DTYPE_BF16;
+    return LP_OK;
 }

@@ -7,10 +7,17 @@
 
 #include "backend/backend.h"
 
-/* `loaded(slot)` is non-zero when the slot holds an adapter. On success
- * sets *T (tokens in the call) and *n_logits (logit vectors it returns). */
-int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_rows, int64_t max_ctx,
-                           const void *const *slots, int64_t *T, int64_t *n_logits, lp_error *err);
+/* slots[s] is non-NULL when slot s holds an adapter; positions must lie in
+ * the KV pool (n_kv_blocks x block_size). On success sets *T (tokens in the
+ * call) and *n_logits (logit vectors it returns). */
+int lp__backend_check_rows(const lp_backend *b, const lp_batch_row *rows, int n_rows, const void *const *slots,
+                           int64_t *T, int64_t *n_logits, lp_error *err);
+
+/* The CUDA backend's compute type for `model` (activations fed to the
+ * matrix products and the KV cache): LORAPLEX_CUDA_DTYPE (bfloat16, float16,
+ * float32) when set, else fp32 for fp32 checkpoints, fp16 for fp16, bf16
+ * otherwise. An unknown LORAPLEX_CUDA_DTYPE is LP_ERR_INVALID. */
+int lp__cuda_compute_dtype(const lp_model *model, lp_dtype *out, lp_error *err);
 
 /* Whether adapter `a` may go into `slot`: slot in range, loaded against this
  * model, rank within max_lora_rank, DoRA norms computed. */

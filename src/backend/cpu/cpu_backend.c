@@ -196,7 +196,7 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
     const lp_model *m = base->model;
     const lp_model_config *c = b->cfg;
     int64_t T, n_logits;
-    int rc = lp__backend_check_rows(base, rows, n_rows, b->max_ctx, (const void *const *)b->slots, &T,
+    int rc = lp__backend_check_rows(base, rows, n_rows, (const void *const *)b->slots, &T,
                                     &n_logits, err);
     if (rc)
         return rc;

@@ -75,7 +75,7 @@ typedef struct cuda_backend {
     const lp_model_config *cfg;
     lp_cu_type ct;
     size_t csz;
-    int64_t q_dim, kv_dim, qkv_dim, max_ctx;
+    int64_t q_dim, kv_dim, qkv_dim;
     int n_sm;
     char device_name[256];
     cudaStream_t st, cp, side; /* compute, adapter copies, LoRA beside the GEMMs */
@@ -517,8 +517,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     const lp_model_config *c = b->cfg;
     const lp_backend_params *P = &base->params;
     int64_t T, nl;
-    int rc = lp__backend_check_rows(base, rows, n_rows, b->max_ctx, (const void *const *)b->slot_ptrs, &T, &nl,
-                                    err);
+    int rc = lp__backend_check_rows(base, rows, n_rows, (const void *const *)b->slot_ptrs, &T, &nl, err);
     if (rc)
         return rc;
     int bs = P->block_size;
@@ -558,12 +557,13 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         }
         nb += nblk;
     }
+    /* the GPU (not the host) waits for the copies of the adapters it uses, once each */
+    for (int s = 0; s < P->max_adapters; s++)
+        if (b->cnt[s])
+            CU(cudaStreamWaitEvent(b->st, b->slots[s].ready, 0));
     if (n_lora)
         lp__lora_group_fill(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg, h + ml.perm, h + ml.items);
     CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
-    for (int i = 0; i < n_rows; i++)
-        if (rows[i].adapter >= 0)
-            CU(cudaStreamWaitEvent(b->st, b->slots[rows[i].adapter].ready, 0));
 
     /* attention split along the sequence when the batch alone leaves SMs idle */
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
@@ -928,26 +928,16 @@ extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_param
     b->base.model = model;
     b->base.params = P;
     b->cfg = c;
-    b->ct = file_ct(model->layers[0].proj[LP_MOD_Q].dtype);
-    const char *dt = getenv("LORAPLEX_CUDA_DTYPE"); /* bfloat16 | float16 | float32 overrides */
-    if (dt && *dt) {
-        if (!strcmp(dt, "float32"))
-            b->ct = LP_CT_F32;
-        else if (!strcmp(dt, "float16"))
-            b->ct = LP_CT_F16;
-        else if (!strcmp(dt, "bfloat16"))
-            b->ct = LP_CT_BF16;
-        else {
-            free(b);
-            return lp_error_set(err, LP_ERR_INVALID, "LORAPLEX_CUDA_DTYPE=%s (expected bfloat16, float16 or float32)",
-                                dt);
-        }
+    lp_dtype cdt;
+    if (lp__cuda_compute_dtype(model, &cdt, err)) {
+        free(b);
+        return err ? err->code : LP_ERR_INVALID;
     }
+    b->ct = file_ct(cdt);
     b->csz = lp_cu_type_size(b->ct);
     b->q_dim = (int64_t)c->n_heads * c->head_dim;
     b->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     b->qkv_dim = b->q_dim + 2 * b->kv_dim;
-    b->max_ctx = (int64_t)P.n_kv_blocks * P.block_size;
     int na = P.max_adapters ? P.max_adapters : 1;
     b->L = (cu_layer *)calloc((size_t)c->n_layers, sizeof(cu_layer));
     b->slots = (cu_slot *)calloc((size_t)na, sizeof(cu_slot));

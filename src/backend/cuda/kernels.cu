@@ -191,33 +191,18 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
 
 template <typename KT, int ND> struct __align__(sizeof(KT) * ND) kv_vec { KT v[ND]; };
 
-/* out[i] = p[i] for the lane's ND elements, zero past hd. */
-template <typename KT, int ND>
-__device__ __forceinline__ void load_lane(const KT *p, int lane, int hd, float *out) {
-    int d0 = lane * ND;
-    if (d0 + ND <= hd && hd % ND == 0) {
-        kv_vec<KT, ND> r = *(const kv_vec<KT, ND> *)(p + d0);
+/* out[i] = p[d0 + i] for N elements as fp32 (one vector load when they are
+ * whole and aligned), zero past hd. */
+template <typename KT, int N>
+__device__ __forceinline__ void load_elems(const KT *p, int d0, int hd, float *out) {
+    if (d0 + N <= hd && hd % N == 0) {
+        kv_vec<KT, N> r = *(const kv_vec<KT, N> *)(p + d0);
 #pragma unroll
-        for (int i = 0; i < ND; i++)
+        for (int i = 0; i < N; i++)
             out[i] = lp_f(r.v[i]);
     } else {
 #pragma unroll
-        for (int i = 0; i < ND; i++)
-            out[i] = d0 + i < hd ? lp_f(p[d0 + i]) : 0.0f;
-    }
-}
-
-/* 8 elements of a K row from d0 on, as fp32 (zero past hd). */
-template <typename KT>
-__device__ __forceinline__ void load_k8(const KT *p, int d0, int hd, float *out) {
-    if (d0 + 8 <= hd && hd % 8 == 0) {
-        kv_vec<KT, 8> r = *(const kv_vec<KT, 8> *)(p + d0);
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            out[i] = lp_f(r.v[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < N; i++)
             out[i] = d0 + i < hd ? lp_f(p[d0 + i]) : 0.0f;
     }
 }
@@ -275,7 +260,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             const KT *kp = kv + (size_t)blk * a.block_elems + (kbase + (size_t)(p % a.bs)) * hd;
             for (int d0 = 0; d0 < hd; d0 += 8) {
                 float kf[8];
-                load_k8<KT>(kp, d0, hd, kf);
+                load_elems<KT, 8>(kp, d0, hd, kf);
 #pragma unroll
                 for (int j = 0; j < ATT_MAXG; j++)
 #pragma unroll
@@ -311,8 +296,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
                 int bi = __shfl_sync(0xffffffffu, blk, i & 31);
                 if (i < n) {
                     int pi = p0 + i;
-                    load_lane<KT, ND>(kv + (size_t)bi * a.block_elems + (vbase + (size_t)(pi % a.bs)) * hd, lane,
-                                      hd, vr[u]);
+                    load_elems<KT, ND>(kv + (size_t)bi * a.block_elems + (vbase + (size_t)(pi % a.bs)) * hd,
+                                       lane * ND, hd, vr[u]);
                 } else {
 #pragma unroll
                     for (int d = 0; d < ND; d++)
