@@ -17,12 +17,7 @@
 /* ---- parsing ---- */
 
 static int dec_add(lp_tokenizer *t, lp__dec **out, const char *where, lp_error *err) {
-    if (t->n_decs >= LP__TOK_MAX_STAGES)
-        return lp_error_set(err, LP_ERR_LIMIT, "%s: more than %d decoders", where,
-                            LP__TOK_MAX_STAGES);
-    *out = &t->decs[t->n_decs++];
-    memset(*out, 0, sizeof **out);
-    return LP_OK;
+    return lp__tok_stage_add(t->decs, sizeof *t->decs, &t->n_decs, "decoders", where, (void **)out, err);
 }
 
 int lp__dec_parse(lp_tokenizer *t, const json_t *j, const char *where, int depth,

@@ -235,12 +235,7 @@ int lp__pattern_replace(const lp__pattern *p, lp__rx *rx, const char *s,
 /* ---- normalizers ---- */
 
 static int norm_add(lp_tokenizer *t, lp__norm **out, const char *where, lp_error *err) {
-    if (t->n_norms >= LP__TOK_MAX_STAGES)
-        return lp_error_set(err, LP_ERR_LIMIT, "%s: more than %d normalizers", where,
-                            LP__TOK_MAX_STAGES);
-    *out = &t->norms[t->n_norms++];
-    memset(*out, 0, sizeof **out);
-    return LP_OK;
+    return lp__tok_stage_add(t->norms, sizeof *t->norms, &t->n_norms, "normalizers", where, (void **)out, err);
 }
 
 int lp__norm_parse(lp_tokenizer *t, const json_t *j, const char *where, int depth,
@@ -436,14 +431,9 @@ int lp__normalize(const lp_tokenizer *t, lp__rx *rx, const char *s, size_t n,
 
 /* ---- pre-tokenizers ---- */
 
-static int pretok_add(lp_tokenizer *t, lp__pretok **out, const char *where,
-                      lp_error *err) {
-    if (t->n_pretoks >= LP__TOK_MAX_STAGES)
-        return lp_error_set(err, LP_ERR_LIMIT, "%s: more than %d pre-tokenizers", where,
-                            LP__TOK_MAX_STAGES);
-    *out = &t->pretoks[t->n_pretoks++];
-    memset(*out, 0, sizeof **out);
-    return LP_OK;
+static int pretok_add(lp_tokenizer *t, lp__pretok **out, const char *where, lp_error *err) {
+    return lp__tok_stage_add(t->pretoks, sizeof *t->pretoks, &t->n_pretoks, "pre-tokenizers", where, (void **)out,
+                             err);
 }
 
 static int parse_behavior(const json_t *j, const char *where, lp__split_behavior *b,

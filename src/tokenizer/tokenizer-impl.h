@@ -253,6 +253,12 @@ struct lp_tokenizer {
     size_t n_tpls;
 };
 
+/* The next free stage of one pipeline array (stages[*n], elements of
+ * `size` bytes, LP__TOK_MAX_STAGES at most), zeroed, in *out; LP_ERR_LIMIT
+ * naming `what` ("decoders", ...) when the array is full. tokenizer.c */
+int lp__tok_stage_add(void *stages, size_t size, size_t *n, const char *what, const char *where, void **out,
+                      lp_error *err);
+
 /* ---- bpe.c ---- */
 int lp__strmap_init(lp__strmap *m, size_t n_items);
 void lp__strmap_free(lp__strmap *m);

@@ -481,12 +481,17 @@ static int build_added_set(lp_tokenizer *t, lp__added_set *set, bool normalized)
 
 /* ---- post-processor ---- */
 
-static int tpl_add(lp_tokenizer *t, lp__tpl **out, const char *where, lp_error *err) {
-    if (t->n_tpls >= LP__TOK_MAX_STAGES)
-        return lp_error_set(err, LP_ERR_LIMIT, "%s: too many post-processors", where);
-    *out = &t->tpls[t->n_tpls++];
-    memset(*out, 0, sizeof **out);
+int lp__tok_stage_add(void *stages, size_t size, size_t *n, const char *what, const char *where, void **out,
+                      lp_error *err) {
+    if (*n >= LP__TOK_MAX_STAGES)
+        return lp_error_set(err, LP_ERR_LIMIT, "%s: more than %d %s", where, LP__TOK_MAX_STAGES, what);
+    *out = (char *)stages + size * (*n)++;
+    memset(*out, 0, size);
     return LP_OK;
+}
+
+static int tpl_add(lp_tokenizer *t, lp__tpl **out, const char *where, lp_error *err) {
+    return lp__tok_stage_add(t->tpls, sizeof *t->tpls, &t->n_tpls, "post-processors", where, (void **)out, err);
 }
 
 static int tpl_push(int32_t **v, size_t *n, int32_t id) {
