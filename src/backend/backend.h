@@ -33,6 +33,57 @@ typedef struct lp_batch_row {
 
 typedef struct lp_backend lp_backend;
 
+/* ---- sampling beside the forward (lp_backend_sample) ----
+ * The part of sampling that reads every logit runs where the logits are: for
+ * each logit row the backend adjusts the few logits the penalties and
+ * logit_bias touch, selects the best candidates and the softmax normaliser,
+ * and only those come back (a few KB a row instead of the vocabulary). The
+ * draw among the candidates is the sampler's (src/engine/sampler.c). */
+#define LP_SAMPLE_MAX_CAND 256    /* candidates one row may ask the backend for */
+#define LP_SAMPLE_MAX_LOGPROBS 20 /* most top logprobs a row may ask for */
+
+/* One adjusted logit, applied in this order with fp32 rounding at each step:
+ * l = rep == 1 ? l : l > 0 ? l / rep : l * rep;  l = l - sub;  l = l + bias. */
+typedef struct lp_logit_adjust {
+    int32_t id;
+    float rep;  /* repetition penalty (1 = none) */
+    float sub;  /* presence + frequency * count (0 = none) */
+    float bias; /* logit_bias (0 = none) */
+} lp_logit_adjust;
+
+typedef struct lp_sample_spec {
+    int32_t row;          /* logit row of the last forward (0 = its first) */
+    int32_t n_cand;       /* candidates wanted, 1..LP_SAMPLE_MAX_CAND */
+    float temperature;    /* > 0: `total` below is computed at this temperature */
+    int32_t n_logprobs;   /* -1: none; 0..LP_SAMPLE_MAX_LOGPROBS: the raw logits'
+                             log-softmax normaliser and that many top logprobs */
+    const lp_logit_adjust *adj; /* n_adj entries, distinct ids */
+    int32_t n_adj;
+} lp_sample_spec;
+
+typedef struct lp_candidate {
+    int32_t id;
+    float logit; /* adjusted */
+    float raw;   /* as the forward produced it */
+} lp_candidate;
+
+typedef struct lp_token_logprob {
+    int32_t id;
+    float logprob;
+} lp_token_logprob;
+
+/* What lp_backend_sample returns for one spec. The caller points `cand` at
+ * n_cand and `top` at n_logprobs entries. Order: adjusted (resp. raw) logit
+ * descending, lower id first on ties. */
+typedef struct lp_sample_result {
+    lp_candidate *cand;
+    lp_token_logprob *top;
+    int32_t n_cand; /* written: min(spec n_cand, vocab) */
+    float max;      /* the largest adjusted logit (= cand[0].logit) */
+    double total;   /* sum over the vocabulary of expf((adjusted - max) / T); 0 when T <= 0 */
+    double raw_lse; /* log-sum-exp of the raw logits (n_logprobs >= 0) */
+} lp_sample_result;
+
 typedef struct lp_backend_params {
     int n_kv_blocks;     /* KV cache blocks in the pool */
     int block_size;      /* tokens per block */
@@ -46,14 +97,38 @@ typedef struct lp_backend_params {
 
 lp_backend_params lp_backend_default_params(void);
 
+/* The sampling op on the host, for one spec over one logit row `raw`
+ * (vocab): the CPU backend's op, the engine's path when a row needs more
+ * candidates than the backend returned, and the reference the CUDA kernels
+ * are tested against. spec->n_cand may be anything from 1 to vocab here.
+ * `scratch` holds lp_sample_scratch_bytes(vocab) bytes. */
+size_t lp_sample_scratch_bytes(int vocab);
+void lp_sample_host(const float *raw, int vocab, const lp_sample_spec *spec, void *scratch,
+                    lp_sample_result *out);
+/* Specs within limits: rows below n_rows, 1 <= n_cand <= max_cand, n_logprobs
+ * in -1..LP_SAMPLE_MAX_LOGPROBS, adjusted ids in the vocabulary. */
+int lp_sample_check(const lp_sample_spec *specs, int n_specs, int64_t n_rows, int vocab, int max_cand,
+                    lp_error *err);
+/* Rows [first, first + n) within the n_rows of the last forward. */
+int lp_logits_check(int first, int n, int64_t n_rows, lp_error *err);
+
 typedef struct lp_backend_ops {
     const char *name;
     void (*free)(lp_backend *b);
     /* Run one batch. Logits (fp32, vocab each) are written to `logits` in row
      * order: for each row, 0, 1 or n_tokens vectors according to its mode.
-     * A row's result does not depend on the other rows of the batch. */
+     * A row's result does not depend on the other rows of the batch.
+     * `logits` may be NULL: the logits then stay in the backend (on the GPU
+     * for CUDA), for `sample` and `logits` below, until the next forward. */
     int (*forward)(lp_backend *b, const lp_batch_row *rows, int n_rows, float *logits,
                    lp_error *err);
+    /* Summarise logit rows of the last forward for the sampler (see
+     * lp_sample_spec). Does not change the logits. */
+    int (*sample)(lp_backend *b, const lp_sample_spec *specs, int n_specs, lp_sample_result *out,
+                  lp_error *err);
+    /* Logit rows [first, first + n) of the last forward: in `buf` (n * vocab
+     * floats) or in the backend's own memory; NULL with `err` set on error. */
+    const float *(*logits)(lp_backend *b, int first, int n, float *buf, lp_error *err);
     /* Make adapter `a` (loaded against this backend's model) usable by rows
      * naming `slot`. The adapter must stay alive until the slot is unloaded;
      * no row of a running forward may name a slot being (un)loaded. */
@@ -117,6 +192,14 @@ static inline void lp_backend_host_free(lp_backend *b, void *p) {
         b->ops->host_free(b, p);
     else
         free(p);
+}
+static inline int lp_backend_sample(lp_backend *b, const lp_sample_spec *specs, int n_specs,
+                                    lp_sample_result *out, lp_error *err) {
+    return b->ops->sample(b, specs, n_specs, out, err);
+}
+static inline const float *lp_backend_logits(lp_backend *b, int first, int n, float *buf,
+                                             lp_error *err) {
+    return b->ops->logits(b, first, n, buf, err);
 }
 static inline int lp_backend_forward(lp_backend *b, const lp_batch_row *rows, int n_rows,
                                      float *logits, lp_error *err) {

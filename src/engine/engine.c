@@ -45,9 +45,18 @@ struct lp_engine {
     int n_waiting, n_running;
     uint64_t next_id;
     lp_sampler *sampler;
-    float *logits;           /* (max_num_seqs, vocab) */
+    float *logits;           /* (max_logit_rows, vocab) rows fetched from the backend */
     lp_batch_row *rows;      /* (max_num_seqs) */
     seq **row_seq;           /* (max_num_seqs) */
+    /* sampling: one spec per row that samples this step (lp_backend_sample) */
+    lp_sample_spec *specs;   /* (max_num_seqs) */
+    lp_sample_result *res;   /* (max_num_seqs) */
+    int *spec_seq;           /* (max_num_seqs) index into rows/row_seq */
+    size_t *adj_off;         /* (max_num_seqs) start of each spec's adjustments */
+    lp_candidate *cand;      /* (max_num_seqs, LP_SAMPLE_MAX_CAND) */
+    lp_token_logprob *ltop;  /* (max_num_seqs, LP_SAMPLE_MAX_LOGPROBS) */
+    lp_logit_adjust *adj;    /* the step's adjustments, grown as needed */
+    size_t adj_cap;
     lp_token_logprob top[LP_MAX_TOP_LOGPROBS];
 };
 
@@ -115,7 +124,15 @@ int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine
     e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
     e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
     e->sampler = lp_sampler_new(e->vocab);
-    if (!e->kv || !e->logits || !e->rows || !e->row_seq || !e->sampler) {
+    size_t ns = (size_t)e->p.max_num_seqs;
+    e->specs = lp__calloc_array(ns, sizeof(lp_sample_spec));
+    e->res = lp__calloc_array(ns, sizeof(lp_sample_result));
+    e->spec_seq = lp__calloc_array(ns, sizeof(int));
+    e->adj_off = lp__calloc_array(ns, sizeof(size_t));
+    e->cand = lp__calloc_array(ns * LP_SAMPLE_MAX_CAND, sizeof(lp_candidate));
+    e->ltop = lp__calloc_array(ns * LP_SAMPLE_MAX_LOGPROBS, sizeof(lp_token_logprob));
+    if (!e->kv || !e->logits || !e->rows || !e->row_seq || !e->sampler || !e->specs || !e->res || !e->spec_seq ||
+        !e->adj_off || !e->cand || !e->ltop) {
         lp_engine_free(e);
         return lp_error_set(err, LP_ERR_NOMEM, "engine: out of memory");
     }
@@ -200,6 +217,13 @@ void lp_engine_free(lp_engine *e) {
         lp_backend_host_free(e->be, e->logits);
     free(e->rows);
     free(e->row_seq);
+    free(e->specs);
+    free(e->res);
+    free(e->spec_seq);
+    free(e->adj_off);
+    free(e->cand);
+    free(e->ltop);
+    free(e->adj);
     lp_sampler_free(e->sampler);
     free(e);
 }
@@ -462,7 +486,9 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         e->rows[j] = r;
         e->row_seq[j] = sq;
     }
-    int rc = lp_backend_forward(e->be, e->rows, n_rows, e->logits, err);
+    /* the logits stay in the backend: only the sampler's candidates (and the
+     * rows of prompt logprobs) come back */
+    int rc = lp_backend_forward(e->be, e->rows, n_rows, NULL, err);
     if (rc) {
         /* fail every request of this batch with the message, keep serving */
         for (int i = 0; i < n_rows; i++) {
@@ -471,7 +497,8 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         }
         return rc;
     }
-    int li = 0;
+    int li = 0, ns = 0;
+    size_t n_adj = 0;
     for (int i = 0; i < n_rows; i++) {
         seq *s = e->row_seq[i];
         const lp_batch_row *row = &e->rows[i];
@@ -481,11 +508,18 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
             continue;
         if (row->logits == LP_LOGITS_ALL) {
             /* position p's logits give the logprob of prompt token p + 1 */
+            const float *lg = lp_backend_logits(e->be, li, row->n_tokens, e->logits, err);
+            li += row->n_tokens;
+            if (!lg) {
+                emit_finish(s, LP_FINISH_ERROR, err ? err->msg : "backend failure");
+                finish_seq(e, s);
+                continue;
+            }
             int k = s->req.logprobs > 0 ? s->req.logprobs : 0;
             for (int q = 0; q < row->n_tokens; q++) {
                 int next = row->pos0 + q + 1;
                 if (next < s->n_prompt && next >= s->prompt_lp_next) {
-                    const float *pl = e->logits + (size_t)(li + q) * (size_t)e->vocab;
+                    const float *pl = lg + (size_t)q * (size_t)e->vocab;
                     lp_token_event pe = {.req_id = s->id, .token = s->tokens[next], .prompt = true, .top = e->top,
                                          .n_top = k, .n_prompt = s->n_prompt};
                     pe.logprob = lp_logprobs(pl, e->vocab, s->tokens[next], k, e->top);
@@ -494,37 +528,70 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
                         s->req.cb(s->req.ud, &pe);
                 }
             }
-            li += row->n_tokens;
             if (s->n_computed < s->n_tokens)
                 continue; /* a prefill chunk that does not end the prompt */
             li--;         /* the last position's logits also give the next token */
         }
-        float *lg = e->logits + (size_t)(li++) * (size_t)e->vocab;
-        lp_token_event ev = {.req_id = s->id};
-        /* logprobs of the raw logits, before the sampler modifies them */
-        int k = s->req.logprobs;
-        int32_t tok;
-        if (k >= 0) {
-            float *copy = NULL;
-            bool modifies = s->req.sampling.temperature > 0 || s->req.sampling.repetition_penalty != 1.0f ||
-                            s->req.sampling.presence_penalty != 0 || s->req.sampling.frequency_penalty != 0 ||
-                            s->req.sampling.n_logit_bias;
-            if (modifies && !(copy = malloc(sizeof(float) * (size_t)e->vocab))) {
+        /* this row samples: its adjustments, then its spec */
+        const lp_sampling_params *sp = &s->req.sampling;
+        size_t need = n_adj + (size_t)s->n_tokens + (size_t)sp->n_logit_bias;
+        if (need > e->adj_cap) {
+            size_t cap = LP_MAX(need, 2 * e->adj_cap);
+            lp_logit_adjust *na = realloc(e->adj, cap * sizeof *na);
+            if (!na) {
+                li++;
                 emit_finish(s, LP_FINISH_ERROR, "out of memory");
                 finish_seq(e, s);
                 continue;
             }
-            if (copy)
-                memcpy(copy, lg, sizeof(float) * (size_t)e->vocab);
-            tok = lp_sampler_sample(e->sampler, &s->req.sampling, &s->rng, copy ? copy : lg, s->tokens,
-                                    s->n_prompt, s->tokens + s->n_prompt, s->n_tokens - s->n_prompt);
-            free(copy);
-            ev.logprob = lp_logprobs(lg, e->vocab, tok, k, e->top);
-            ev.top = e->top;
+            e->adj = na;
+            e->adj_cap = cap;
+        }
+        int m = lp_sampler_adjustments(e->sampler, sp, s->tokens, s->n_prompt, s->tokens + s->n_prompt,
+                                       s->n_tokens - s->n_prompt, e->adj + n_adj);
+        e->adj_off[ns] = n_adj;
+        e->specs[ns] = (lp_sample_spec){.row = li++, .n_cand = lp_sampler_n_cand(sp, e->vocab),
+                                        .temperature = sp->temperature, .n_logprobs = s->req.logprobs, .n_adj = m};
+        e->res[ns] = (lp_sample_result){.cand = e->cand + (size_t)ns * LP_SAMPLE_MAX_CAND,
+                                        .top = e->ltop + (size_t)ns * LP_SAMPLE_MAX_LOGPROBS};
+        e->spec_seq[ns++] = i;
+        n_adj += (size_t)m;
+    }
+    for (int j = 0; j < ns; j++) /* the arena has stopped moving */
+        e->specs[j].adj = e->adj + e->adj_off[j];
+    if (ns && (rc = lp_backend_sample(e->be, e->specs, ns, e->res, err))) {
+        for (int j = 0; j < ns; j++) {
+            emit_finish(e->row_seq[e->spec_seq[j]], LP_FINISH_ERROR, err ? err->msg : "backend failure");
+            finish_seq(e, e->row_seq[e->spec_seq[j]]);
+        }
+        return rc;
+    }
+    for (int j = 0; j < ns; j++) {
+        seq *s = e->row_seq[e->spec_seq[j]];
+        const lp_sample_spec *spec = &e->specs[j];
+        const lp_sample_result *r = &e->res[j];
+        const lp_sampling_params *sp = &s->req.sampling;
+        double u = sp->temperature > 0.0f ? lp_rng_uniform(&s->rng) : 0.0;
+        int ci = lp_sampler_choose(sp, u, r, e->vocab);
+        lp_candidate c;
+        if (ci >= 0) {
+            c = r->cand[ci];
+        } else { /* past the candidates: finish the draw from the full row */
+            const float *raw = lp_backend_logits(e->be, spec->row, 1, e->logits, err);
+            if (!raw) {
+                emit_finish(s, LP_FINISH_ERROR, err ? err->msg : "backend failure");
+                finish_seq(e, s);
+                continue;
+            }
+            c = lp_sampler_choose_row(e->sampler, sp, u, raw, spec->adj, spec->n_adj, r);
+        }
+        int32_t tok = c.id;
+        lp_token_event ev = {.req_id = s->id};
+        int k = s->req.logprobs;
+        if (k >= 0) { /* of the raw logits, before penalties, bias and temperature */
+            ev.logprob = (float)((double)c.raw - r->raw_lse);
+            ev.top = r->top;
             ev.n_top = k;
-        } else {
-            tok = lp_sampler_sample(e->sampler, &s->req.sampling, &s->rng, lg, s->tokens, s->n_prompt,
-                                    s->tokens + s->n_prompt, s->n_tokens - s->n_prompt);
         }
         s->tokens[s->n_tokens++] = tok;
         ev.token = tok;

@@ -10,10 +10,12 @@
 
 struct lp_sampler {
     int vocab;
-    int32_t *idx;   /* (vocab) candidate ids */
-    float *prob;    /* (vocab) */
-    uint32_t *seen; /* (vocab) output counts, for penalties */
-    uint8_t *inprompt;
+    uint32_t *seen;     /* (vocab) output counts, for penalties; zero between calls */
+    uint8_t *inprompt;  /* (vocab) zero between calls */
+    int32_t *slot;      /* (vocab) index of an id's adjustment, -1 between calls */
+    lp_candidate *cand; /* (vocab) */
+    lp_logit_adjust *adj; /* (vocab) for lp_sampler_sample */
+    void *scratch;      /* lp_sample_scratch_bytes(vocab) */
 };
 
 lp_sampling_params lp_sampling_default_params(void) {
@@ -82,25 +84,186 @@ lp_sampler *lp_sampler_new(int vocab) {
     if (!s)
         return NULL;
     s->vocab = vocab;
-    s->idx = lp__malloc_array((size_t)vocab, sizeof(int32_t));
-    s->prob = lp__malloc_array((size_t)vocab, sizeof(float));
     s->seen = lp__calloc_array((size_t)vocab, sizeof(uint32_t));
     s->inprompt = lp__calloc_array((size_t)vocab, 1);
-    if (!s->idx || !s->prob || !s->seen || !s->inprompt) {
+    s->slot = lp__malloc_array((size_t)vocab, sizeof(int32_t));
+    s->cand = lp__malloc_array((size_t)vocab, sizeof(lp_candidate));
+    s->adj = lp__malloc_array((size_t)vocab, sizeof(lp_logit_adjust));
+    s->scratch = malloc(lp_sample_scratch_bytes(vocab));
+    if (!s->seen || !s->inprompt || !s->slot || !s->cand || !s->adj || !s->scratch) {
         lp_sampler_free(s);
         return NULL;
     }
+    for (int i = 0; i < vocab; i++)
+        s->slot[i] = -1;
     return s;
 }
 
 void lp_sampler_free(lp_sampler *s) {
     if (!s)
         return;
-    free(s->idx);
-    free(s->prob);
     free(s->seen);
     free(s->inprompt);
+    free(s->slot);
+    free(s->cand);
+    free(s->adj);
+    free(s->scratch);
     free(s);
+}
+
+int lp_sampler_adjustments(lp_sampler *s, const lp_sampling_params *p, const int32_t *prompt, int n_prompt,
+                           const int32_t *output, int n_output, lp_logit_adjust *adj) {
+    int V = s->vocab, n = 0;
+    bool rep = p->repetition_penalty != 1.0f;
+    bool pf = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+    if (rep || pf) {
+        for (int i = 0; i < n_output; i++)
+            if (output[i] >= 0 && output[i] < V)
+                s->seen[output[i]]++;
+        if (rep)
+            for (int i = 0; i < n_prompt; i++)
+                if (prompt[i] >= 0 && prompt[i] < V)
+                    s->inprompt[prompt[i]] = 1;
+        /* one entry per distinct id, clearing the marks as it goes */
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? prompt : output;
+            int m = pass ? n_prompt : n_output;
+            for (int i = 0; i < m; i++) {
+                int32_t id = ids[i];
+                if (id < 0 || id >= V || (!s->seen[id] && !s->inprompt[id]))
+                    continue;
+                lp_logit_adjust *a = &adj[n];
+                a->id = id;
+                a->rep = rep ? p->repetition_penalty : 1.0f;
+                a->sub = s->seen[id] ? p->presence_penalty + p->frequency_penalty * (float)s->seen[id] : 0.0f;
+                a->bias = 0.0f;
+                s->slot[id] = n++;
+                s->seen[id] = 0;
+                s->inprompt[id] = 0;
+            }
+        }
+    }
+    /* logit_bias: onto the id's entry (duplicates add up) or a new one */
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        int32_t id = p->logit_bias[i].id;
+        if (id < 0 || id >= V)
+            continue;
+        if (s->slot[id] < 0) {
+            adj[n] = (lp_logit_adjust){.id = id, .rep = 1.0f, .sub = 0.0f, .bias = 0.0f};
+            s->slot[id] = n++;
+        }
+        adj[s->slot[id]].bias += p->logit_bias[i].bias;
+    }
+    for (int i = 0; i < n; i++)
+        s->slot[adj[i].id] = -1;
+    return n;
+}
+
+int lp_sampler_n_cand(const lp_sampling_params *p, int vocab) {
+    int k = p->temperature <= 0.0f ? 1 : p->top_k > 0 && p->top_k < LP_SAMPLE_MAX_CAND ? p->top_k : LP_SAMPLE_MAX_CAND;
+    return k < vocab ? k : vocab;
+}
+
+int lp_sampler_choose(const lp_sampling_params *p, double u01, const lp_sample_result *r, int vocab) {
+    if (p->temperature <= 0.0f)
+        return 0;
+    const lp_candidate *c = r->cand;
+    int have = r->n_cand;     /* candidates known */
+    bool all = have >= vocab; /* ... and they are the whole vocabulary */
+    float T = p->temperature, mx = r->max;
+#define PROB(i) expf((c[i].logit - mx) / T)
+    int n = vocab; /* the cut list is c[0..n) */
+    bool cut = false;
+    if (p->top_k > 0 && p->top_k < vocab) {
+        n = p->top_k;
+        cut = true;
+    }
+    if (p->min_p > 0.0f) {
+        float thr = p->min_p * PROB(0);
+        int k = 1;
+        while (k < n && k < have && PROB(k) >= thr)
+            k++;
+        if (k < n && k == have && !all)
+            return LP_SAMPLER_MORE; /* c[k] might still pass */
+        n = k;
+        cut = true;
+    }
+    if (cut && n > have)
+        return LP_SAMPLER_MORE;
+    double sum;
+    if (p->top_p < 1.0f) {
+        double tot = 0.0;
+        if (!cut)
+            tot = r->total;
+        else
+            for (int i = 0; i < n; i++)
+                tot += PROB(i);
+        double cum = 0.0;
+        int k = 0;
+        while (k < n) {
+            if (k == have)
+                return LP_SAMPLER_MORE;
+            cum += PROB(k);
+            k++;
+            if (cum >= p->top_p * tot)
+                break;
+        }
+        n = k;
+        sum = cum;
+    } else if (cut) {
+        sum = 0.0;
+        for (int i = 0; i < n; i++)
+            sum += PROB(i);
+    } else {
+        sum = r->total;
+    }
+    double x = u01 * sum, cum = 0.0;
+    for (int i = 0; i < n; i++) {
+        if (i == have)
+            return LP_SAMPLER_MORE;
+        cum += PROB(i);
+        if (x < cum)
+            return i;
+    }
+#undef PROB
+    return n - 1;
+}
+
+lp_candidate lp_sampler_choose_row(lp_sampler *s, const lp_sampling_params *p, double u01, const float *raw,
+                                   const lp_logit_adjust *adj, int n_adj, const lp_sample_result *first) {
+    int V = s->vocab, k = first->n_cand;
+    for (;;) {
+        k = k >= V / 4 ? V : LP_MAX(4 * k, 1024);
+        if (k > V)
+            k = V;
+        lp_sample_spec sp = {.row = 0, .n_cand = k, .temperature = p->temperature, .n_logprobs = -1,
+                             .adj = adj, .n_adj = n_adj};
+        lp_sample_result r = {.cand = s->cand};
+        lp_sample_host(raw, V, &sp, s->scratch, &r);
+        r.max = first->max; /* the same adjusted max; the backend's total */
+        r.total = first->total;
+        int i = lp_sampler_choose(p, u01, &r, V);
+        if (i >= 0)
+            return s->cand[i];
+        if (k == V) /* cannot happen: the whole vocabulary always decides */
+            return s->cand[0];
+    }
+}
+
+int32_t lp_sampler_sample(lp_sampler *s, const lp_sampling_params *p, lp_rng *rng, const float *logits,
+                          const int32_t *prompt, int n_prompt, const int32_t *output, int n_output) {
+    int V = s->vocab;
+    int n_adj = lp_sampler_adjustments(s, p, prompt, n_prompt, output, n_output, s->adj);
+    lp_sample_spec sp = {.row = 0, .n_cand = lp_sampler_n_cand(p, V), .temperature = p->temperature,
+                         .n_logprobs = -1, .adj = s->adj, .n_adj = n_adj};
+    lp_candidate first[LP_SAMPLE_MAX_CAND];
+    lp_sample_result r = {.cand = first};
+    lp_sample_host(logits, V, &sp, s->scratch, &r);
+    double u = p->temperature > 0.0f ? lp_rng_uniform(rng) : 0.0;
+    int i = lp_sampler_choose(p, u, &r, V);
+    if (i >= 0)
+        return first[i].id;
+    return lp_sampler_choose_row(s, p, u, logits, s->adj, n_adj, &r).id;
 }
 
 static int32_t argmax(const float *x, int n) {
@@ -109,105 +272,6 @@ static int32_t argmax(const float *x, int n) {
         if (x[i] > x[best])
             best = i;
     return best;
-}
-
-static void apply_penalties(lp_sampler *s, const lp_sampling_params *p, float *logits,
-                            const int32_t *prompt, int n_prompt, const int32_t *output, int n_output) {
-    bool rep = p->repetition_penalty != 1.0f;
-    bool pf = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
-    if (!rep && !pf)
-        return;
-    for (int i = 0; i < n_output; i++)
-        if (output[i] >= 0 && output[i] < s->vocab)
-            s->seen[output[i]]++;
-    if (rep)
-        for (int i = 0; i < n_prompt; i++)
-            if (prompt[i] >= 0 && prompt[i] < s->vocab)
-                s->inprompt[prompt[i]] = 1;
-    /* apply once per distinct id, then clear only what was set */
-    for (int pass = 0; pass < 2; pass++) {
-        const int32_t *ids = pass ? prompt : output;
-        int n = pass ? n_prompt : n_output;
-        for (int i = 0; i < n; i++) {
-            int32_t id = ids[i];
-            if (id < 0 || id >= s->vocab || (!s->seen[id] && !s->inprompt[id]))
-                continue;
-            if (rep)
-                logits[id] = logits[id] > 0 ? logits[id] / p->repetition_penalty
-                                            : logits[id] * p->repetition_penalty;
-            if (s->seen[id])
-                logits[id] -= p->presence_penalty + p->frequency_penalty * (float)s->seen[id];
-            s->seen[id] = 0;
-            s->inprompt[id] = 0;
-        }
-    }
-}
-
-static int cmp_prob_desc(const void *a, const void *b, void *ctx) {
-    const float *prob = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    if (prob[x] != prob[y])
-        return prob[x] > prob[y] ? -1 : 1;
-    return x < y ? -1 : x > y;
-}
-
-int32_t lp_sampler_sample(lp_sampler *s, const lp_sampling_params *p, lp_rng *rng, float *logits,
-                          const int32_t *prompt, int n_prompt, const int32_t *output, int n_output) {
-    int V = s->vocab;
-    apply_penalties(s, p, logits, prompt, n_prompt, output, n_output);
-    for (int i = 0; i < p->n_logit_bias; i++)
-        logits[p->logit_bias[i].id] += p->logit_bias[i].bias;
-    if (p->temperature <= 0.0f)
-        return argmax(logits, V);
-    /* softmax with temperature */
-    float mx = logits[argmax(logits, V)];
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) {
-        float e = expf((logits[i] - mx) / p->temperature);
-        s->prob[i] = e;
-        sum += e;
-    }
-    /* candidates sorted by probability when a truncation is asked for */
-    int n = V;
-    for (int i = 0; i < V; i++)
-        s->idx[i] = i;
-    bool truncate = (p->top_k > 0 && p->top_k < V) || p->top_p < 1.0f || p->min_p > 0.0f;
-    if (truncate) {
-        qsort_r(s->idx, (size_t)V, sizeof(int32_t), cmp_prob_desc, s->prob);
-        if (p->top_k > 0 && p->top_k < n)
-            n = p->top_k;
-        if (p->min_p > 0.0f) {
-            float thr = p->min_p * s->prob[s->idx[0]];
-            int k = 1;
-            while (k < n && s->prob[s->idx[k]] >= thr)
-                k++;
-            n = k;
-        }
-        if (p->top_p < 1.0f) {
-            double tot = 0.0;
-            for (int i = 0; i < n; i++)
-                tot += s->prob[s->idx[i]];
-            double cum = 0.0;
-            int k = 0;
-            while (k < n) {
-                cum += s->prob[s->idx[k]];
-                k++;
-                if (cum >= p->top_p * tot)
-                    break;
-            }
-            n = k;
-        }
-        sum = 0.0;
-        for (int i = 0; i < n; i++)
-            sum += s->prob[s->idx[i]];
-    }
-    double u = lp_rng_uniform(rng) * sum, cum = 0.0;
-    for (int i = 0; i < n; i++) {
-        cum += s->prob[s->idx[i]];
-        if (u < cum)
-            return s->idx[i];
-    }
-    return s->idx[n - 1];
 }
 
 float lp_logprobs(const float *logits, int vocab, int32_t chosen, int k, lp_token_logprob *top) {

@@ -40,6 +40,9 @@ typedef struct cpu_backend {
     float *rcos, *rsin; /* (T, head_dim/2) rotary tables of this call */
     float *scores;   /* (n_threads, max_ctx) */
     float *lin;      /* (max_logit_rows, hidden) final-normed rows that need logits */
+    float *logits;   /* (max_logit_rows, vocab) the last forward's logits */
+    int64_t n_logits;/* rows of them */
+    void *sample_scratch; /* (n_threads) x lp_sample_scratch_bytes(vocab) */
     int32_t *tok_row, *tok_pos; /* (T) row index and position of each token */
     float *inv_freq; /* (head_dim/2) */
     float *lora_v;   /* (T, max_lora_rank) shrink output */
@@ -198,6 +201,7 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
     int64_t T, n_logits;
     int rc = lp__backend_check_rows(base, rows, n_rows, (const void *const *)b->slots, &T,
                                     &n_logits, err);
+    b->n_logits = 0;
     if (rc)
         return rc;
     int64_t D = c->hidden, F = c->ffn, hd = c->head_dim, half = hd / 2;
@@ -284,9 +288,35 @@ static int cpu_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, f
             rmsnorm(b->lin + (nl++) * D, b->x + t * D, m->final_norm, D, c->rms_eps);
     }
     if (nl)
-        lp__cpu_matmul(logits, c->vocab, b->lin, D, m->lm_head.data, m->lm_head.dtype, D, nl, c->vocab,
+        lp__cpu_matmul(b->logits, c->vocab, b->lin, D, m->lm_head.data, m->lm_head.dtype, D, nl, c->vocab,
                        D, false);
+    if (nl && logits)
+        memcpy(logits, b->logits, sizeof(float) * (size_t)nl * (size_t)c->vocab);
+    b->n_logits = nl;
     return LP_OK;
+}
+
+static int cpu_sample(lp_backend *base, const lp_sample_spec *specs, int n_specs, lp_sample_result *out,
+                      lp_error *err) {
+    cpu_backend *b = (cpu_backend *)base;
+    int V = b->cfg->vocab;
+    int rc = lp_sample_check(specs, n_specs, b->n_logits, V, V, err);
+    if (rc)
+        return rc;
+    size_t per = lp_sample_scratch_bytes(V);
+#pragma omp parallel for schedule(dynamic, 1) if (n_specs > 1) num_threads(b->n_threads)
+    for (int i = 0; i < n_specs; i++)
+        lp_sample_host(b->logits + (size_t)specs[i].row * (size_t)V, V, &specs[i],
+                       (char *)b->sample_scratch + (size_t)omp_get_thread_num() * per, &out[i]);
+    return LP_OK;
+}
+
+static const float *cpu_logits(lp_backend *base, int first, int n, float *buf, lp_error *err) {
+    cpu_backend *b = (cpu_backend *)base;
+    (void)buf;
+    if (lp_logits_check(first, n, b->n_logits, err))
+        return NULL;
+    return b->logits + (size_t)first * (size_t)b->cfg->vocab;
 }
 
 static void cpu_free(lp_backend *base) {
@@ -307,6 +337,8 @@ static void cpu_free(lp_backend *base) {
     free(b->rsin);
     free(b->scores);
     free(b->lin);
+    free(b->logits);
+    free(b->sample_scratch);
     free(b->tok_row);
     free(b->tok_pos);
     free(b->inv_freq);
@@ -337,6 +369,8 @@ static const lp_backend_ops k_cpu_ops = {
     .forward = cpu_forward,
     .adapter_load = cpu_adapter_load,
     .adapter_unload = cpu_adapter_unload,
+    .sample = cpu_sample,
+    .logits = cpu_logits,
 };
 
 int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, lp_backend **out,
@@ -384,6 +418,8 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, l
     b->rsin = lp__malloc_array(T * half, sizeof(float));
     b->scores = lp__malloc_array((size_t)b->n_threads * (size_t)b->max_ctx, sizeof(float));
     b->lin = lp__malloc_array((size_t)P.max_logit_rows * D, sizeof(float));
+    b->logits = lp__malloc_array((size_t)P.max_logit_rows * (size_t)c->vocab, sizeof(float));
+    b->sample_scratch = lp__malloc_array((size_t)b->n_threads, lp_sample_scratch_bytes(c->vocab));
     b->tok_row = lp__malloc_array(T, sizeof(int32_t));
     b->tok_pos = lp__malloc_array(T, sizeof(int32_t));
     b->inv_freq = lp__malloc_array(half, sizeof(float));
@@ -392,7 +428,7 @@ int lp_backend_cpu_new(const lp_model *model, const lp_backend_params *params, l
     b->lora_u = lp__malloc_array(T * widest, sizeof(float));
     b->slots = lp__calloc_array((size_t)(P.max_adapters ? P.max_adapters : 1), sizeof(*b->slots));
     if (!b->kv || !b->x || !b->xn || !b->tmp || !b->q || !b->att || !b->k || !b->v || !b->gate ||
-        !b->up || !b->rcos || !b->rsin || !b->scores || !b->lin || !b->tok_row || !b->tok_pos ||
+        !b->up || !b->rcos || !b->rsin || !b->scores || !b->lin || !b->logits || !b->sample_scratch || !b->tok_row || !b->tok_pos ||
         !b->inv_freq || !b->lora_v || !b->lora_u || !b->slots) {
         cpu_free(&b->base);
         return lp_error_set(err, LP_ERR_NOMEM, "cpu backend: out of memory for %zu MiB of KV cache and scratch",

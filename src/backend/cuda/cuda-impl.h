@@ -14,6 +14,10 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+extern "C" {
+#include "backend/backend.h"
+}
+
 typedef enum { LP_CT_F32 = 0, LP_CT_F16 = 1, LP_CT_BF16 = 2 } lp_cu_type;
 
 static inline size_t lp_cu_type_size(lp_cu_type t) { return t == LP_CT_F32 ? 4 : 2; }
@@ -144,5 +148,31 @@ cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void 
  * (T, 2F) LoRA deltas added to gu first when not NULL. */
 cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot, int T,
                            int F, cudaStream_t s);
+
+/* ---- sampling (sample.cu): the backend's lp_backend_sample ---- */
+/* One spec as the kernels read it: its adjustments at adj[adj_off ..). */
+typedef struct lp_cu_sample_spec {
+    int32_t row, k, n_logprobs, n_adj, adj_off;
+    float T;
+} lp_cu_sample_spec;
+/* What comes back per spec (the candidate and logprob types of backend.h). */
+typedef struct lp_cu_sample_out {
+    double total, raw_lse;
+    float max;
+    int32_t n_cand;
+    lp_candidate cand[LP_SAMPLE_MAX_CAND];
+    lp_token_logprob top[LP_SAMPLE_MAX_LOGPROBS];
+} lp_cu_sample_out;
+/* Specs one launch takes; the scratch is sized for this many. */
+#define LP_CU_SAMPLE_CHUNK 256
+/* Tiles of the selection over a vocabulary. */
+int lp_cu_sample_tiles(int vocab);
+/* Select for n_specs (<= LP_CU_SAMPLE_CHUNK) specs over logits (rows of
+ * vocab): tile_keys (n_specs, tiles, LP_SAMPLE_MAX_CAND) and tile_stat
+ * (n_specs, 2, tiles) are scratch; `logprobs`: some spec has
+ * n_logprobs >= 0 (a second selection over the raw logits). */
+cudaError_t lp_cu_sample(const float *logits, int vocab, const lp_cu_sample_spec *specs, int n_specs,
+                         const lp_logit_adjust *adj, int logprobs, uint64_t *tile_keys, float *tile_stat,
+                         lp_cu_sample_out *out, cudaStream_t s);
 
 #endif

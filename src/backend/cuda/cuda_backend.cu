@@ -107,6 +107,15 @@ typedef struct cuda_backend {
     uint64_t graph_clock;
     call_shape last_shape;
     void *blas_ws; /* cuBLAS workspace: no allocation inside a capture */
+    /* the last forward's logit rows stay in `logits` for sampling (sample.cu) */
+    int64_t n_logits;
+    lp_cu_sample_spec *h_sspec, *d_sspec; /* (sample_chunk) */
+    lp_cu_sample_out *h_sout, *d_sout;    /* (sample_chunk) */
+    lp_logit_adjust *h_sadj, *d_sadj;     /* a chunk's adjustments, grown as needed */
+    size_t sadj_cap;
+    uint64_t *d_tkeys; /* selection scratch: (chunk, tiles, LP_SAMPLE_MAX_CAND) */
+    float *d_tstat;    /* (chunk, 2, tiles) */
+    int sample_chunk;  /* specs per launch: min(max_logit_rows, LP_CU_SAMPLE_CHUNK) */
 } cuda_backend;
 
 static int cu_fail(lp_error *err, cudaError_t e, const char *what, int line) {
@@ -335,22 +344,29 @@ static void graphs_clear(cuda_backend *b) {
         }
 }
 
+/* Grow a pinned host buffer and its device twin to hold `need` elements of
+ * `elem` bytes (twice that, so growth is rare); contents are not kept. */
+static int grow_pair(void **h, void **d, size_t *cap, size_t need, size_t elem, lp_error *err) {
+    if (need <= *cap)
+        return LP_OK;
+    size_t n = need * 2;
+    if (*h)
+        cudaFreeHost(*h);
+    if (*d)
+        cudaFree(*d);
+    *h = *d = NULL;
+    *cap = 0;
+    CU(cudaMallocHost(h, n * elem));
+    CU(cudaMalloc(d, n * elem));
+    *cap = n;
+    return LP_OK;
+}
+
 static int ensure_meta(cuda_backend *b, size_t need, lp_error *err) {
     if (need <= b->meta_cap)
         return LP_OK;
-    size_t cap = need * 2;
     graphs_clear(b); /* they hold the old device pointers */
-    if (b->h_meta)
-        cudaFreeHost(b->h_meta);
-    if (b->d_meta)
-        cudaFree(b->d_meta);
-    b->h_meta = NULL;
-    b->d_meta = NULL;
-    b->meta_cap = 0;
-    CU(cudaMallocHost((void **)&b->h_meta, cap * sizeof(int32_t)));
-    CU(cudaMalloc((void **)&b->d_meta, cap * sizeof(int32_t)));
-    b->meta_cap = cap;
-    return LP_OK;
+    return grow_pair((void **)&b->h_meta, (void **)&b->d_meta, &b->meta_cap, need, sizeof(int32_t), err);
 }
 
 /* One multi-LoRA application on stream `st`: shrink then expand over the
@@ -517,6 +533,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     const lp_model_config *c = b->cfg;
     const lp_backend_params *P = &base->params;
     int64_t T, nl;
+    b->n_logits = 0;
     int rc = lp__backend_check_rows(base, rows, n_rows, (const void *const *)b->slot_ptrs, &T, &nl, err);
     if (rc)
         return rc;
@@ -592,12 +609,83 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     rc = decode && b->use_graphs && repeat ? run_graph(b, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
     if (rc)
         return rc;
-    if (nl)
+    if (nl && logits)
         CU(cudaMemcpyAsync(logits, b->logits, (size_t)nl * (size_t)c->vocab * sizeof(float), cudaMemcpyDeviceToHost,
                            b->st));
     CU(cudaStreamSynchronize(b->st));
     CU(cudaGetLastError());
+    b->n_logits = nl;
     return LP_OK;
+}
+
+/* ---- sampling: the selection runs on the GPU (sample.cu), a few KB per row come back ---- */
+
+
+static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_specs, lp_sample_result *out,
+                       lp_error *err) {
+    cuda_backend *b = (cuda_backend *)base;
+    int V = b->cfg->vocab;
+    int rc = lp_sample_check(specs, n_specs, b->n_logits, V, LP_SAMPLE_MAX_CAND, err);
+    if (rc)
+        return rc;
+    for (int c0 = 0; c0 < n_specs; c0 += b->sample_chunk) {
+        int n = LP_MIN(n_specs - c0, b->sample_chunk), logprobs = 0;
+        size_t n_adj = 0;
+        for (int i = 0; i < n; i++)
+            n_adj += (size_t)specs[c0 + i].n_adj;
+        if ((rc = grow_pair((void **)&b->h_sadj, (void **)&b->d_sadj, &b->sadj_cap, n_adj ? n_adj : 1,
+                            sizeof(lp_logit_adjust), err)))
+            return rc;
+        n_adj = 0;
+        for (int i = 0; i < n; i++) {
+            const lp_sample_spec *sp = &specs[c0 + i];
+            b->h_sspec[i] = (lp_cu_sample_spec){sp->row, sp->n_cand, sp->n_logprobs, sp->n_adj, (int32_t)n_adj,
+                                                sp->temperature};
+            if (sp->n_adj)
+                memcpy(b->h_sadj + n_adj, sp->adj, (size_t)sp->n_adj * sizeof(lp_logit_adjust));
+            n_adj += (size_t)sp->n_adj;
+            logprobs |= sp->n_logprobs >= 0;
+        }
+        CU(cudaMemcpyAsync(b->d_sspec, b->h_sspec, (size_t)n * sizeof(lp_cu_sample_spec), cudaMemcpyHostToDevice,
+                           b->st));
+        if (n_adj)
+            CU(cudaMemcpyAsync(b->d_sadj, b->h_sadj, n_adj * sizeof(lp_logit_adjust), cudaMemcpyHostToDevice, b->st));
+        CU(lp_cu_sample(b->logits, V, b->d_sspec, n, b->d_sadj, logprobs, b->d_tkeys, b->d_tstat, b->d_sout, b->st));
+        CU(cudaMemcpyAsync(b->h_sout, b->d_sout, (size_t)n * sizeof(lp_cu_sample_out), cudaMemcpyDeviceToHost, b->st));
+        CU(cudaStreamSynchronize(b->st));
+        for (int i = 0; i < n; i++) {
+            const lp_sample_spec *sp = &specs[c0 + i];
+            const lp_cu_sample_out *o = &b->h_sout[i];
+            lp_sample_result *r = &out[c0 + i];
+            r->n_cand = o->n_cand;
+            r->max = o->max;
+            r->total = o->total;
+            memcpy(r->cand, o->cand, (size_t)o->n_cand * sizeof(lp_candidate));
+            if (sp->n_logprobs >= 0) {
+                r->raw_lse = o->raw_lse;
+                memcpy(r->top, o->top, (size_t)sp->n_logprobs * sizeof(lp_token_logprob));
+            } else {
+                r->raw_lse = 0.0;
+            }
+        }
+    }
+    return LP_OK;
+}
+
+static const float *cuda_logits(lp_backend *base, int first, int n, float *buf, lp_error *err) {
+    cuda_backend *b = (cuda_backend *)base;
+    if (lp_logits_check(first, n, b->n_logits, err))
+        return NULL;
+    size_t V = (size_t)b->cfg->vocab;
+    cudaError_t e = cudaMemcpyAsync(buf, b->logits + (size_t)first * V, (size_t)n * V * sizeof(float),
+                                    cudaMemcpyDeviceToHost, b->st);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(b->st);
+    if (e != cudaSuccess) {
+        cu_fail(err, e, "logits copy", __LINE__);
+        return NULL;
+    }
+    return buf;
 }
 
 /* ---- device tier ---- */
@@ -757,7 +845,8 @@ static void cuda_free(lp_backend *base) {
             cudaEventDestroy(b->slots[i].ready);
     }
     void *dev[] = {b->arena, b->kv, b->x, b->tmp, b->qkv, b->q, b->gu, b->part, b->logits, b->lora_v,
-                   b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws, b->ylora, b->lora_cnt};
+                   b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws, b->ylora, b->lora_cnt,
+                   b->d_sspec, b->d_sout, b->d_sadj, b->d_tkeys, b->d_tstat};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             cudaFree(dev[i]);
@@ -765,6 +854,10 @@ static void cuda_free(lp_backend *base) {
         cudaFreeHost(b->h_meta);
     if (b->h_desc)
         cudaFreeHost(b->h_desc);
+    void *pinned[] = {b->h_sspec, b->h_sout, b->h_sadj};
+    for (size_t i = 0; i < sizeof pinned / sizeof *pinned; i++)
+        if (pinned[i])
+            cudaFreeHost(pinned[i]);
     if (b->blas)
         cublasDestroy(b->blas);
     if (b->st)
@@ -799,7 +892,8 @@ static void cuda_host_free(lp_backend *base, void *p) {
 }
 
 static const lp_backend_ops k_cuda_ops = {
-    "cuda", cuda_free, cuda_forward, cuda_adapter_load, cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
+    "cuda",      cuda_free,   cuda_forward,    cuda_sample,   cuda_logits, cuda_adapter_load,
+    cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
 };
 
 static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {
@@ -901,6 +995,17 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     for (int i = 0; i < P->max_adapters; i++)
         CU(cudaEventCreateWithFlags(&b->slots[i].ready, cudaEventDisableTiming));
     if ((rc = ensure_meta(b, 4096, err)))
+        return rc;
+    b->sample_chunk = LP_MIN(P->max_logit_rows, LP_CU_SAMPLE_CHUNK);
+    size_t chunk = (size_t)b->sample_chunk, tiles = (size_t)lp_cu_sample_tiles(c->vocab);
+    CU(cudaMallocHost((void **)&b->h_sspec, chunk * sizeof(lp_cu_sample_spec)));
+    CU(cudaMallocHost((void **)&b->h_sout, chunk * sizeof(lp_cu_sample_out)));
+    if ((rc = dmalloc(&b->d_sspec, chunk * sizeof(lp_cu_sample_spec), "sampling", err)) ||
+        (rc = dmalloc(&b->d_sout, chunk * sizeof(lp_cu_sample_out), "sampling", err)) ||
+        (rc = dmalloc(&b->d_tkeys, chunk * tiles * LP_SAMPLE_MAX_CAND * sizeof(uint64_t), "sampling", err)) ||
+        (rc = dmalloc(&b->d_tstat, chunk * tiles * 2 * sizeof(float), "sampling", err)) ||
+        (rc = grow_pair((void **)&b->h_sadj, (void **)&b->d_sadj, &b->sadj_cap, 4096, sizeof(lp_logit_adjust),
+                        err)))
         return rc;
     CU(cudaDeviceSynchronize());
     return LP_OK;

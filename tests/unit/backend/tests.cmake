@@ -17,3 +17,10 @@ set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)
 lp_add_unit_test(test_lora_groups
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_lora_groups.c
   LABELS backend)
+
+# The sampling op and the sampler without a GPU: the host selection against a
+# full sort, the GPU kernels' block algorithm (src/backend/select.h) run on one
+# thread against the host, and tokens independent of the candidate count.
+lp_add_unit_test(test_sample
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_sample.c
+  LABELS backend)
