@@ -300,7 +300,7 @@ static int cpu_sample(lp_backend *base, const lp_sample_spec *specs, int n_specs
                       lp_error *err) {
     cpu_backend *b = (cpu_backend *)base;
     int V = b->cfg->vocab;
-    int rc = lp_sample_check(specs, n_specs, b->n_logits, V, V, err);
+    int rc = lp_sample_check(specs, n_specs, b->n_logits, V, LP_SAMPLE_MAX_CAND, err);
     if (rc)
         return rc;
     size_t per = lp_sample_scratch_bytes(V);

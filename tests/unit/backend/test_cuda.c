@@ -15,12 +15,19 @@
  *      cached tokens, decode rows, scales 0.5-1.0: each row within the adapter
  *      tolerance of the CPU backend running it alone and within 1e-3 of the
  *      GPU running it alone;
- *   d. bad adapter slots, slots not loaded and ranks over max_lora_rank are
+ *   d. sampling on the GPU (lp_backend_sample over the mixed batch's logits,
+ *      left on the GPU): 600 specs with random candidate counts, temperatures,
+ *      adjustments and logprobs give the host implementation's candidates bit
+ *      for bit (ids, adjusted and raw logits, max), totals within 1e-5,
+ *      log-sum-exp within 1e-5; lp_backend_logits returns the logits the
+ *      forward copied out; bad specs are errors;
+ *   e. bad adapter slots, slots not loaded and ranks over max_lora_rank are
  *      errors with a message, and the backend keeps working.
  * Without a CUDA device (or in a build without the CUDA backend) it prints
  * "no CUDA device: skipped" and exits 77, which CTest counts as skipped.
  * usage: test_cuda FIXTURE_DIR... (tests/data/conform/<family>) */
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,6 +320,8 @@ static int mixed_rows(const fixture *f, rowspec *spec) {
     return n;
 }
 
+static void check_sampling(const fixture *f, lp_backend *gpu, const float *logits, int n_rows);
+
 static void check_mixed_batch(const fixture *f, lp_backend *gpu, lp_backend *cpu) {
     rowspec spec[MAX_ROWS];
     int n = mixed_rows(f, spec);
@@ -355,12 +364,89 @@ static void check_mixed_batch(const fixture *f, lp_backend *gpu, lp_backend *cpu
     }
     printf("%-6s mixed batch: %d rows (base + %d adapters; prefill, decode, chunk), worst rel L2 %.2e vs CPU alone, "
            "%.2e vs GPU alone\n", f->family, n, f->n_tags - 1, worst_cpu, worst_gpu);
+    if (rc == 0)
+        check_sampling(f, gpu, mixed, (int)off[n]);
     free(cpu_alone);
     free(gpu_alone);
     free(mixed);
 }
 
-/* ---- d: errors, not crashes --------------------------------------------- */
+/* ---- d: sampling on the GPU against the host implementation ------------- */
+
+static void check_sampling(const fixture *f, lp_backend *gpu, const float *logits, int n_rows) {
+    enum { N_SPECS = 600, MAX_ADJ = 40 }; /* more specs than one launch takes */
+    int V = f->vocab;
+    lp_sample_spec *sp = calloc(N_SPECS, sizeof *sp);
+    lp_sample_result *gr = calloc(N_SPECS, sizeof *gr);
+    lp_logit_adjust *adj = calloc((size_t)N_SPECS * MAX_ADJ, sizeof *adj);
+    lp_candidate *gc = calloc((size_t)N_SPECS * LP_SAMPLE_MAX_CAND, sizeof *gc), hc[LP_SAMPLE_MAX_CAND];
+    lp_token_logprob *gt = calloc((size_t)N_SPECS * LP_SAMPLE_MAX_LOGPROBS, sizeof *gt), ht[LP_SAMPLE_MAX_LOGPROBS];
+    void *scratch = malloc(lp_sample_scratch_bytes(V));
+    unsigned x = 12345;
+#define NEXT() (x = x * 1103515245u + 12345u, (x >> 8))
+    for (int i = 0; i < N_SPECS; i++) {
+        int n_adj = (int)(NEXT() % (MAX_ADJ + 1)) * (int)(i % 2);
+        for (int j = 0; j < n_adj; j++) /* distinct ids: a stride through the vocabulary */
+            adj[i * MAX_ADJ + j] = (lp_logit_adjust){.id = (int32_t)((NEXT() % 7 + (unsigned)j * 11) % (unsigned)V),
+                                                     .rep = j % 2 ? 1.2f : 1.0f, .sub = (float)(j % 3) * 0.5f,
+                                                     .bias = j % 5 ? 0.0f : -3.0f};
+        int ks[] = {1, 3, 50, 256};
+        float ts[] = {0.0f, 0.5f, 1.0f, 2.0f};
+        sp[i] = (lp_sample_spec){.row = (int32_t)(NEXT() % (unsigned)n_rows), .n_cand = ks[i % 4],
+                                 .temperature = ts[(i / 4) % 4], .n_logprobs = (int)(NEXT() % 22) - 1,
+                                 .adj = adj + i * MAX_ADJ, .n_adj = n_adj};
+        gr[i] = (lp_sample_result){.cand = gc + (size_t)i * LP_SAMPLE_MAX_CAND,
+                                   .top = gt + (size_t)i * LP_SAMPLE_MAX_LOGPROBS};
+    }
+#undef NEXT
+    lp_error err = {0};
+    int rc = lp_backend_sample(gpu, sp, N_SPECS, gr, &err);
+    CHECKF(rc == 0, "%s sample: %s", f->family, err.msg);
+    int bad_cand = 0, bad_total = 0, bad_lp = 0;
+    double worst_total = 0, worst_lse = 0;
+    for (int i = 0; rc == 0 && i < N_SPECS; i++) {
+        lp_sample_result hr = {.cand = hc, .top = ht};
+        lp_sample_host(logits + (size_t)sp[i].row * (size_t)V, V, &sp[i], scratch, &hr);
+        bad_cand += gr[i].n_cand != hr.n_cand || gr[i].max != hr.max ||
+                    memcmp(gr[i].cand, hc, sizeof(lp_candidate) * (size_t)hr.n_cand) != 0;
+        double et = hr.total > 0 ? fabs(gr[i].total - hr.total) / hr.total : fabs(gr[i].total);
+        worst_total = et > worst_total ? et : worst_total;
+        bad_total += et > 1e-5;
+        if (sp[i].n_logprobs >= 0) {
+            double el = fabs(gr[i].raw_lse - hr.raw_lse);
+            worst_lse = el > worst_lse ? el : worst_lse;
+            bad_lp += el > 1e-5;
+            for (int j = 0; j < sp[i].n_logprobs; j++)
+                bad_lp += gr[i].top[j].id != ht[j].id || fabsf(gr[i].top[j].logprob - ht[j].logprob) > 1e-5f;
+        }
+    }
+    CHECKF(bad_cand == 0 && bad_total == 0 && bad_lp == 0,
+           "%s GPU sampling vs host: %d specs with other candidates, %d totals off, %d logprob mismatches", f->family,
+           bad_cand, bad_total, bad_lp);
+    /* the logits left on the GPU are the ones the forward copied out */
+    float *back = malloc(sizeof(float) * (size_t)V * (size_t)n_rows);
+    const float *got = lp_backend_logits(gpu, 0, n_rows, back, &err);
+    CHECKF(got && memcmp(got, logits, sizeof(float) * (size_t)V * (size_t)n_rows) == 0, "%s logits: %s", f->family,
+           got ? "differ from the forward's" : err.msg);
+    CHECK(lp_backend_logits(gpu, n_rows - 1, 2, back, &err) == NULL && strstr(err.msg, "last forward"));
+    lp_sample_spec bad = sp[0];
+    bad.row = n_rows;
+    CHECK(lp_backend_sample(gpu, &bad, 1, gr, &err) == LP_ERR_INVALID && strstr(err.msg, "row"));
+    bad = sp[0];
+    bad.n_cand = LP_SAMPLE_MAX_CAND + 1;
+    CHECK(lp_backend_sample(gpu, &bad, 1, gr, &err) == LP_ERR_INVALID && strstr(err.msg, "candidates"));
+    printf("%-6s GPU sampling: %d specs over %d rows equal the host's candidates; worst total %.1e, lse %.1e\n",
+           f->family, N_SPECS, n_rows, worst_total, worst_lse);
+    free(back);
+    free(scratch);
+    free(sp);
+    free(gr);
+    free(adj);
+    free(gc);
+    free(gt);
+}
+
+/* ---- e: errors, not crashes --------------------------------------------- */
 
 /* A one-row forward of prompt 0 naming `slot`; its status. */
 static int forward_slot(const fixture *f, lp_backend *be, int slot, lp_error *err) {
