@@ -24,16 +24,22 @@
  * `steps` timed decode steps (default min(osl, 64)), each row adding one
  * token at positions isl, isl+1, ... (every measurement starts again at
  * isl, so all see the same contexts). Each step is timed on the host around
- * lp_backend_forward, which returns after the logits are on the host. Bytes
+ * what the engine does per step: lp_backend_forward leaving the logits on
+ * the GPU, then lp_backend_sample (greedy: one candidate per row comes back;
+ * sample_ms is that call alone); --sample host instead copies every row's
+ * logits to the host in the forward (the path before GPU sampling). Before
+ * the timings, sample_check compares lp_backend_sample on up to 8 rows of
+ * real logits (candidate counts 1-256, temperatures, adjustments, logprobs)
+ * with the host implementation on the same logits copied out. Bytes
  * a step must move: the weights (lp_model_weight_bytes) + the KV cache read
  * (per row: context x layers x 2 x kv heads x head_dim x 2 bytes, at the
  * mean context of the timed steps) + the bf16 A and B of each distinct
  * adapter the step uses; the roofline time is those bytes over the copy
  * bandwidth measured at start (bytes read + written per second of a 2 GiB
  * device-to-device cudaMemcpy), and roofline_ratio = roofline / measured.
- * Not in the roofline: the fp32 logits every step returns to the host
- * (logits_bytes = batch x vocab x 4, over PCIe), which the measured time
- * includes.
+ * Not in the roofline: what comes back to the host (logits_bytes = batch x
+ * vocab x 4 with --sample host, over PCIe; a few KB with GPU sampling),
+ * which the measured time includes.
  *
  * ttft: per trial, cold = lp_backend_adapter_load of an adapter already in
  * host memory (a different one each trial, cycling through those given) +
@@ -44,6 +50,7 @@
  * GPU_BENCH_FREE_GIB=X makes decode plan for X GiB of free GPU memory (to
  * check the skipping of batches whose KV cache does not fit). */
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,6 +249,7 @@ typedef struct args {
     int batches[MAX_LIST], n_batches;
     int isl, osl, steps, warmup, trials;
     const char *device; /* "cuda", or "cpu" to check this driver without a GPU */
+    bool sample_host;   /* --sample host: every step copies all logits to the host */
     char *adapter_list; /* owned copy of --adapters, split in place */
     const char *adapters[MAX_ADAPTERS];
     int n_adapters;
@@ -277,6 +285,7 @@ static const char k_usage[] =
     "usage: gpu_bench machine\n"
     "       gpu_bench decode MODEL_DIR [--batch 1,32,128,256] [--isl 1000] [--osl 200] [--adapters D1,D2,...]\n"
     "                        [--mode base|one[:S]|distinct[:K|:LO-HI][,...]] [--steps N] [--warmup N]\n"
+    "                        [--sample gpu|host]\n"
     "       gpu_bench ttft MODEL_DIR --adapters D1,D2,... [--isl 1000] [--trials 10]\n"
     "       (decode and ttft take --device cpu to check this driver on a machine without a GPU)\n";
 
@@ -346,6 +355,12 @@ static int parse_args(int argc, char **argv, args *a) {
                 return -1;
             }
             a->device = v;
+        } else if (!strcmp(f, "--sample")) {
+            if (strcmp(v, "gpu") && strcmp(v, "host")) {
+                fprintf(stderr, "gpu_bench: --sample must be gpu or host\n");
+                return -1;
+            }
+            a->sample_host = !strcmp(v, "host");
         } else if (!strcmp(f, "--mode")) {
             free(a->mode_list);
             a->mode_list = strdup(v);
@@ -609,6 +624,64 @@ static int bench_start(const args *a, machine_info *mi, bench *b) {
     return bench_load(b, a);
 }
 
+/* lp_backend_sample on the last forward's n rows vs lp_sample_host on the
+ * same logits (host copy): mismatching specs, and the worst total error. */
+static int sample_check(bench *b, const float *logits, int n, double *worst_total) {
+    enum { PER_ROW = 6, N_ADJ = 64 };
+    int V = b->c->vocab, n_specs = n * PER_ROW, bad = 0;
+    lp_sample_spec *sp = calloc((size_t)n_specs, sizeof *sp);
+    lp_sample_result *res = calloc((size_t)n_specs, sizeof *res);
+    lp_candidate *cand = calloc((size_t)n_specs * LP_SAMPLE_MAX_CAND, sizeof *cand), hc[LP_SAMPLE_MAX_CAND];
+    lp_token_logprob *top = calloc((size_t)n_specs * LP_SAMPLE_MAX_LOGPROBS, sizeof *top),
+                     ht[LP_SAMPLE_MAX_LOGPROBS];
+    lp_logit_adjust adj[N_ADJ];
+    void *scratch = malloc(lp_sample_scratch_bytes(V));
+    *worst_total = 0;
+    if (!sp || !res || !cand || !top || !scratch) {
+        bad = -1;
+        goto out;
+    }
+    for (int i = 0; i < N_ADJ; i++) /* distinct ids spread over every tile */
+        adj[i] = (lp_logit_adjust){.id = (int32_t)(((int64_t)i * V) / N_ADJ + i % 7), .rep = 1.3f, .sub = 0.5f,
+                                   .bias = i % 4 ? 0.0f : 2.0f};
+    for (int i = 0; i < n_specs; i++) {
+        int k = i % PER_ROW;
+        int ks[PER_ROW] = {1, 1, 20, 50, 256, 256};
+        float ts[PER_ROW] = {0.0f, 0.7f, 1.0f, 0.5f, 1.0f, 2.0f};
+        sp[i] = (lp_sample_spec){.row = i / PER_ROW, .n_cand = LP_MIN(ks[k], V), .temperature = ts[k],
+                                 .n_logprobs = k % 2 ? 20 : k == 2 ? 0 : -1, .adj = adj, .n_adj = k >= 3 ? N_ADJ : 0};
+        res[i] = (lp_sample_result){.cand = cand + (size_t)i * LP_SAMPLE_MAX_CAND,
+                                    .top = top + (size_t)i * LP_SAMPLE_MAX_LOGPROBS};
+    }
+    lp_error err = {0};
+    if (lp_backend_sample(b->be, sp, n_specs, res, &err)) {
+        fprintf(stderr, "gpu_bench: sample: %s\n", err.msg);
+        bad = -1;
+        goto out;
+    }
+    for (int i = 0; i < n_specs; i++) {
+        lp_sample_result h = {.cand = hc, .top = ht};
+        lp_sample_host(logits + (size_t)sp[i].row * (size_t)V, V, &sp[i], scratch, &h);
+        double et = h.total > 0 ? fabs(res[i].total - h.total) / h.total : 0;
+        *worst_total = et > *worst_total ? et : *worst_total;
+        bool ok = res[i].n_cand == h.n_cand && res[i].max == h.max && et <= 1e-5 &&
+                  !memcmp(res[i].cand, hc, sizeof(lp_candidate) * (size_t)h.n_cand);
+        if (sp[i].n_logprobs >= 0) {
+            ok = ok && fabs(res[i].raw_lse - h.raw_lse) <= 1e-4;
+            for (int j = 0; j < sp[i].n_logprobs; j++)
+                ok = ok && res[i].top[j].id == ht[j].id;
+        }
+        bad += !ok;
+    }
+out:
+    free(sp);
+    free(res);
+    free(cand);
+    free(top);
+    free(scratch);
+    return bad;
+}
+
 static int cmd_decode(const args *a) {
     mode modes[MAX_MODES];
     for (int i = 0; i < a->n_modes; i++)
@@ -679,9 +752,12 @@ static int cmd_decode(const args *a) {
     /* the backend's host memory (pinned on CUDA), as the engine uses */
     float *logits = lp_backend_host_alloc(b.be, sizeof(float) * (size_t)vocab * (size_t)maxb);
     lp_batch_row *br = malloc(sizeof(lp_batch_row) * (size_t)maxb);
-    double *t = malloc(sizeof(double) * (size_t)a->steps);
+    double *t = malloc(sizeof(double) * (size_t)a->steps), *ts = malloc(sizeof(double) * (size_t)a->steps);
+    lp_sample_spec *specs = calloc((size_t)maxb, sizeof *specs); /* greedy, one per row */
+    lp_sample_result *res = calloc((size_t)maxb, sizeof *res);
+    lp_candidate *cand = calloc((size_t)maxb, sizeof *cand);
     int rc = 0;
-    if (!blocks || !toks || !logits || !br || !t) {
+    if (!blocks || !toks || !logits || !br || !t || !ts || !specs || !res || !cand) {
         fprintf(stderr, "gpu_bench: out of host memory\n");
         rc = 1;
         goto out;
@@ -689,6 +765,29 @@ static int cmd_decode(const args *a) {
     if (prefill_all(&b, toks, blocks, bps, maxb, a->isl, PREFILL_TOKENS, maxb, logits)) {
         rc = 1;
         goto out;
+    }
+    /* GPU sampling against the host on real logits: one decode step of up to
+     * 8 rows (the timed steps below write the same positions again) */
+    {
+        int n = LP_MIN(maxb, 8);
+        for (int r = 0; r < n; r++)
+            br[r] = (lp_batch_row){.tokens = toks[r] + a->isl, .n_tokens = 1, .pos0 = a->isl,
+                                   .blocks = blocks + (size_t)r * (size_t)bps, .adapter = -1, .adapter_scale = 1.0f,
+                                   .logits = LP_LOGITS_LAST};
+        double worst = 0;
+        int bad = lp_backend_forward(b.be, br, n, logits, &err) ? -1 : sample_check(&b, logits, n, &worst);
+        printf("{\"what\":\"sample_check\",\"device\":\"%s\",\"rows\":%d,\"vocab\":%d,\"specs\":%d,"
+               "\"mismatches\":%d,\"worst_total_rel\":%.2e}\n", mi.name, n, vocab, n * 6, bad, worst);
+        fprintf(stderr, "sample_check: %d rows x 6 specs over vocab %d: %d mismatches (worst total %.1e)\n", n, vocab,
+                bad, worst);
+        if (bad) {
+            rc = 1;
+            goto out;
+        }
+    }
+    for (int r = 0; r < maxb; r++) {
+        specs[r] = (lp_sample_spec){.row = r, .n_cand = 1, .temperature = 0.0f, .n_logprobs = -1};
+        res[r] = (lp_sample_result){.cand = cand + r};
     }
 
     /* KV bytes per token of context, over all layers: K and V (bf16 on the GPU
@@ -722,16 +821,24 @@ static int cmd_decode(const args *a) {
                                            .adapter = mode_slot(md, r), .adapter_scale = 1.0f,
                                            .logits = LP_LOGITS_LAST};
                 double t0 = lp__now();
-                if (lp_backend_forward(b.be, br, batch, logits, &err)) {
+                if (lp_backend_forward(b.be, br, batch, a->sample_host ? logits : NULL, &err)) {
                     fprintf(stderr, "gpu_bench: decode %s batch %d: %s\n", md->name, batch, err.msg);
                     rc = 1;
                     goto out;
                 }
-                if (s >= 0)
+                double t1 = lp__now();
+                if (!a->sample_host && lp_backend_sample(b.be, specs, batch, res, &err)) {
+                    fprintf(stderr, "gpu_bench: sample %s batch %d: %s\n", md->name, batch, err.msg);
+                    rc = 1;
+                    goto out;
+                }
+                if (s >= 0) {
                     t[s] = lp__now() - t0;
+                    ts[s] = lp__now() - t1;
+                }
             }
             double p10 = quantile(t, a->steps, 0.1), p90 = quantile(t, a->steps, 0.9),
-                   med = quantile(t, a->steps, 0.5);
+                   med = quantile(t, a->steps, 0.5), smed = quantile(ts, a->steps, 0.5);
             double kvb = kv_tok * ctx_mean * batch;
             double bytes = wbytes + kvb + ad_bytes;
             double roof = bytes / mi.copy_bw;
@@ -745,10 +852,11 @@ static int cmd_decode(const args *a) {
                    "\"osl\":%d,\"steps\":%d,\"ctx_mean\":%.1f,\"step_ms_median\":%.3f,\"step_ms_p10\":%.3f,"
                    "\"step_ms_p90\":%.3f,\"itl_ms\":%.3f,\"tokens_per_s\":%.1f,\"weight_bytes\":%.0f,"
                    "\"kv_bytes\":%.0f,\"adapter_bytes\":%.0f,\"bytes_per_step\":%.0f,\"copy_bw_GBps\":%.1f,"
-                   "\"roofline_ms\":%.3f,\"roofline_ratio\":%.3f,\"logits_bytes\":%.0f%s%s}\n",
+                   "\"roofline_ms\":%.3f,\"roofline_ratio\":%.3f,\"sample\":\"%s\",\"sample_ms_median\":%.3f,"
+                   "\"logits_bytes\":%.0f%s%s}\n",
                    mi.name, md->name, batch, n_distinct, a->isl, a->osl, a->steps, ctx_mean, med * 1e3, p10 * 1e3,
                    p90 * 1e3, med * 1e3, tps, wbytes, kvb, ad_bytes, bytes, mi.copy_bw / 1e9, roof * 1e3, roof / med,
-                   (double)batch * vocab * 4.0,
+                   a->sample_host ? "host" : "gpu", smed * 1e3, a->sample_host ? (double)batch * vocab * 4.0 : 0.0,
                    base_tps[bi] > 0 ? ",\"ratio_to_base\":" : "", base_tps[bi] > 0 ? vs : "");
             fflush(stdout);
             fprintf(stderr, "%-14s %6d %5d %10.3f %10.3f %10.3f %12.1f %9.2f %10.3f %8.3f %8s\n", md->name, batch,
@@ -764,6 +872,10 @@ out:
         lp_backend_host_free(b.be, logits);
     free(br);
     free(t);
+    free(ts);
+    free(specs);
+    free(res);
+    free(cand);
     bench_free(&b);
     return rc;
 }

@@ -26,6 +26,10 @@
 #   machine  gpu_bench machine: device, SMs, copy bandwidth
 #   decode   gpu_bench decode, one process: base, one adapter, 8 and
 #            $N_ADAPTERS distinct adapters, the mixed ranks, at $BATCHES
+#            (each step: forward + greedy sampling on the GPU; first a
+#            sample_check of GPU sampling against the host on real logits)
+#   hostlogits gpu_bench decode, base, with --sample host: every step copies
+#            all logits to the host (the path before GPU sampling), to compare
 #   nographs gpu_bench decode at batch 1 with LORAPLEX_CUDA_GRAPHS=0
 #   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
 #   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
@@ -51,7 +55,7 @@ t_start=$(date +%s)
 
 OUT=${OUT:-/tmp/loraplex-gpu-out}
 BUDGET=${BUDGET:-510}
-STAGES=${STAGES:-env,synth,test,eval,machine,decode,nographs,profile,ttft,kernels}
+STAGES=${STAGES:-env,synth,test,eval,machine,decode,hostlogits,nographs,profile,ttft,kernels}
 PRESET=${PRESET:-llama3-8b}
 MODEL_DIR=${MODEL_DIR:-/tmp/l3}
 ADAPTER_ROOT=${ADAPTER_ROOT:-$MODEL_DIR-adapters}
@@ -279,6 +283,12 @@ if want decode; then
   fi
 fi
 
+# ---- hostlogits: base decode with every row's logits copied to the host ----
+if want hostlogits && [ -e "$MODEL_DIR/config.json" ]; then
+  stage hostlogits 90 json "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$BATCHES" --isl "$ISL" --osl "$OSL" \
+    --steps "$STEPS" --warmup "$WARMUP" --mode base --sample host --device "$BENCH_DEVICE"
+fi
+
 # ---- nographs: batch-1 decode again with CUDA graphs off, for the launch
 # overhead they remove ----
 if want nographs && [ -e "$MODEL_DIR/config.json" ]; then
@@ -350,10 +360,11 @@ fi
     echo
     awk '
       function get(k,  r) { if (!match($0, "\"" k "\":(\"[^\"]*\"|[^,}]*)")) return "-"; r = substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3); gsub(/"/, "", r); return r }
-      BEGIN { printf "%-14s %6s %4s %9s %9s %10s %8s %9s %7s %7s\n", "mode", "batch", "ads", "itl_ms", "p90_ms", "tokens/s", "GB/step", "roof_ms", "roof/ms", "vs_base" }
+      BEGIN { printf "%-14s %6s %4s %9s %9s %10s %8s %9s %7s %7s %6s %9s\n", "mode", "batch", "ads", "itl_ms", "p90_ms", "tokens/s", "GB/step", "roof_ms", "roof/ms", "vs_base", "sample", "sample_ms" }
+      /"what":"sample_check"/ { chk = sprintf("sample_check: %s rows x vocab %s, %s specs: %s mismatches (worst total %s)", get("rows"), get("vocab"), get("specs"), get("mismatches"), get("worst_total_rel")) }
       /"what":"prefill"/ { pre = sprintf("prefill: %s rows x %s tokens in %s s (%s tokens/s)", get("rows"), get("isl"), get("seconds"), get("tokens_per_s")) }
-      /"what":"decode"/ { printf "%-14s %6s %4s %9s %9s %10s %8.2f %9s %7s %7s\n", get("mode"), get("batch"), get("adapters"), get("itl_ms"), get("step_ms_p90"), get("tokens_per_s"), get("bytes_per_step") / 1e9, get("roofline_ms"), get("roofline_ratio"), get("ratio_to_base") }
-      END { if (pre != "") print pre }' "$OUT/results.jsonl"
+      /"what":"decode"/ { printf "%-14s %6s %4s %9s %9s %10s %8.2f %9s %7s %7s %6s %9s\n", get("mode"), get("batch"), get("adapters"), get("itl_ms"), get("step_ms_p90"), get("tokens_per_s"), get("bytes_per_step") / 1e9, get("roofline_ms"), get("roofline_ratio"), get("ratio_to_base"), get("sample"), get("sample_ms_median") }
+      END { if (pre != "") print pre; if (chk != "") print chk }' "$OUT/results.jsonl"
   fi
   if grep -q '"what":"ttft"' "$OUT/results.jsonl"; then
     echo
