@@ -10,7 +10,12 @@
 #include "backend/backend.h"
 #include "backend/select.h"
 
-size_t lp_sample_scratch_bytes(int vocab) { return (size_t)(vocab > 0 ? vocab : 1) * (sizeof(float) + sizeof(uint64_t)); }
+/* Scratch: the keys (8-byte aligned) first, then the adjusted row; a multiple
+ * of 8 bytes, so per-thread scratch cut from one allocation stays aligned. */
+size_t lp_sample_scratch_bytes(int vocab) {
+    size_t v = (size_t)(vocab > 0 ? vocab : 1);
+    return (v * (sizeof(uint64_t) + sizeof(float)) + 7) / 8 * 8;
+}
 
 int lp_sample_check(const lp_sample_spec *specs, int n_specs, int64_t n_rows, int vocab, int max_cand,
                     lp_error *err) {
@@ -86,8 +91,8 @@ static int select_keys(const float *v, int n, int k, uint64_t *h) {
 }
 
 void lp_sample_host(const float *raw, int vocab, const lp_sample_spec *sp, void *scratch, lp_sample_result *out) {
-    float *adj = scratch;
-    uint64_t *keys = (uint64_t *)(void *)((char *)scratch + (size_t)vocab * sizeof(float));
+    uint64_t *keys = scratch;
+    float *adj = (float *)(void *)(keys + vocab);
     const float *v = raw;
     if (sp->n_adj > 0) {
         memcpy(adj, raw, sizeof(float) * (size_t)vocab);
