@@ -171,7 +171,13 @@ int lp_sampler_choose(const lp_sampling_params *p, double u01, const lp_sample_r
     int have = r->n_cand;     /* candidates known */
     bool all = have >= vocab; /* ... and they are the whole vocabulary */
     float T = p->temperature, mx = r->max;
-#define PROB(i) expf((c[i].logit - mx) / T)
+    /* the cut and the draw read the same probabilities up to three times:
+     * those of the first LP_SAMPLE_MAX_CAND candidates once */
+    float pc[LP_SAMPLE_MAX_CAND];
+    int n_pc = have < LP_SAMPLE_MAX_CAND ? have : LP_SAMPLE_MAX_CAND;
+    for (int i = 0; i < n_pc; i++)
+        pc[i] = expf((c[i].logit - mx) / T);
+#define PROB(i) ((i) < n_pc ? pc[i] : expf((c[i].logit - mx) / T))
     int n = vocab; /* the cut list is c[0..n) */
     bool cut = false;
     if (p->top_k > 0 && p->top_k < vocab) {
