@@ -568,7 +568,7 @@ static double non_kv_bytes(const bench *b, double adapter_bytes, int max_tokens,
     double T = max_tokens, D = c->hidden, F = c->ffn, Q = (double)c->n_heads * c->head_dim,
            KV = (double)c->n_kv_heads * c->head_dim, wide = LP_MAX(LP_MAX(D, Q), F);
     double act = T * (2 * D * 4 + (Q + 2 * KV) * 4 + Q * 4 + 2 * F * 4 + 7.0 * LP_MAX(64, b->max_rank) * 4 + D * 2 +
-                      Q * 2 + wide * 2) +
+                      Q * 2 + wide * 2 + wide * 4 /* the LoRA shrink's fp32 input */) +
                  (double)max_rows * (c->vocab * 4.0 + D * 2);
     double elt = (double)lp_backend_kv_block_bytes("cuda", b->m, 1) / (2.0 * c->n_layers * KV); /* 2 or 4 */
     double embed = (double)c->vocab * D * elt;
@@ -790,7 +790,7 @@ static int cmd_decode(const args *a) {
         res[r] = (lp_sample_result){.cand = cand + r};
     }
 
-    /* KV bytes per token of context, over all layers: K and V (bf16 on the GPU
+    /* KV bytes per token of context, over all layers: K and V (fp16 on the GPU
      * for bf16/f16 models: layers x 2 x kv heads x head_dim x 2 bytes) */
     double kv_tok = (double)lp_backend_kv_block_bytes(a->device, b.m, 1);
     double ctx_mean = a->isl + (a->steps + 1) / 2.0; /* positions isl .. isl+steps-1 attend to pos+1 tokens */

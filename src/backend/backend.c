@@ -41,7 +41,8 @@ int lp_backend_new(const char *device, const lp_model *model, const lp_backend_p
 }
 
 /* Bytes of one KV element on the resolved device: the CPU keeps fp32; CUDA
- * keeps its compute type (lp__cuda_compute_dtype). */
+ * fp32 for an fp32 compute type (lp__cuda_compute_dtype), else fp16 (2
+ * bytes, as lp_cu_kv_type in src/backend/cuda/cuda-impl.h). */
 static size_t kv_element_bytes(const char *resolved, const lp_model *model) {
     lp_dtype t = LP_DTYPE_F32;
     if (resolved && !strcmp(resolved, "cuda") && lp__cuda_compute_dtype(model, &t, NULL))

@@ -161,7 +161,7 @@ int lp_cuda_device_count(void);
  * without one. */
 int lp_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, lp_error *err);
 /* Bytes one KV block of `block_size` tokens takes on `device`: fp32 on the
- * CPU; on CUDA the weights' dtype (fp32 models keep fp32, others bf16). */
+ * CPU; on CUDA fp32 for fp32 models, fp16 for the others (2 bytes). */
 size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int block_size);
 
 /* The backend for a --device value: "cpu", "cuda", or "auto" (= cuda when a

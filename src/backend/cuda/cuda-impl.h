@@ -3,9 +3,11 @@
  * kernel launchers (all asynchronous on the given stream; they return
  * cudaGetLastError() of the launch).
  *
- * Activations between layers and the KV cache use the compute type `ct` of
- * the model: fp32 for fp32 checkpoints, fp16 for fp16, bf16 otherwise. The
- * residual stream, the projection outputs and all accumulation are fp32. */
+ * Activations between layers use the compute type `ct` of the model: fp32
+ * for fp32 checkpoints, fp16 for fp16, bf16 otherwise. The KV cache is fp32
+ * for fp32 checkpoints and fp16 otherwise (lp_cu_kv_type). The residual
+ * stream, the projection outputs and all accumulation are fp32, and so is
+ * what the LoRA shrink reads (an fp32 copy of its input beside the ct one). */
 #ifndef LP_CUDA_IMPL_H
 #define LP_CUDA_IMPL_H
 
@@ -21,6 +23,13 @@ extern "C" {
 typedef enum { LP_CT_F32 = 0, LP_CT_F16 = 1, LP_CT_BF16 = 2 } lp_cu_type;
 
 static inline size_t lp_cu_type_size(lp_cu_type t) { return t == LP_CT_F32 ? 4 : 2; }
+
+/* The KV cache's type for compute type ct: fp16 for 16-bit models, bf16
+ * included - the same bytes as bf16 with 8x finer rounding (3 more mantissa
+ * bits), which halves the adapters' error against the fp32 reference
+ * (bench/bf16-emulation); K and V sit far inside fp16's range, and a store
+ * saturates rather than overflows. */
+static inline lp_cu_type lp_cu_kv_type(lp_cu_type ct) { return ct == LP_CT_F32 ? LP_CT_F32 : LP_CT_F16; }
 
 /* One adapted projection of one adapter in the device tier: delta(x) =
  * scaling * Bt^T (A x); A (rank, in) and Bt (rank, out) row-major, bf16 or,
@@ -111,10 +120,10 @@ cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_
                         cudaStream_t s);
 /* For each output row i (token idx ? idx[i] : i): if add, x[t] += add[t]
  * (+ add2[t], the LoRA delta when not NULL) (+ bias); out[i] = rmsnorm(x[t]) * w,
- * in type ot. */
+ * in type ot, and in fp32 to out32 when not NULL. */
 cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                              void *out, lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps,
-                              cudaStream_t s);
+                              void *out, lp_cu_type ot, float *out32, const int32_t *idx, int n_out, int D,
+                              float eps, cudaStream_t s);
 /* q/k/v of a fused projection output (T, qdim + 2 kvdim): + bias, q/k norm,
  * rotary embedding; q to qout (T, qdim) fp32, k and v into the paged cache. */
 typedef struct lp_cu_rope {
@@ -140,14 +149,18 @@ typedef struct lp_cu_attn {
     int H, KVH, hd, bs, layer, window, splits;
     size_t block_elems;
     float scale;
-    float *part; /* (T, H, splits, hd + 2) fp32 when splits > 1 */
+    float *part;  /* (T, H, splits, hd + 2) fp32 when splits > 1 */
+    float *out32; /* (T, H hd): the output in fp32 as well, or NULL */
 } lp_cu_attn;
-cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, const lp_cu_attn *a,
-                            const lp_cu_toks *tk, int T, cudaStream_t s);
-/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot; `lora`
- * (T, 2F) LoRA deltas added to gu first when not NULL. */
-cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot, int T,
-                           int F, cudaStream_t s);
+/* out (T, H hd) in type ot; kt and ot as the backend pairs them (fp32 and
+ * fp32, fp16 KV with fp16 or bf16 out), others fail. */
+cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,
+                            const lp_cu_attn *a, const lp_cu_toks *tk, int T, cudaStream_t s);
+/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot and in
+ * fp32 to out32 when not NULL; `lora` (T, 2F) LoRA deltas added to gu first
+ * when not NULL. */
+cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot,
+                           float *out32, int T, int F, cudaStream_t s);
 
 /* ---- sampling (sample.cu): the backend's lp_backend_sample ---- */
 /* One spec as the kernels read it: its adjustments at adj[adj_off ..). */

@@ -73,7 +73,7 @@ typedef struct graph_entry {
 typedef struct cuda_backend {
     lp_backend base;
     const lp_model_config *cfg;
-    lp_cu_type ct;
+    lp_cu_type ct, kt; /* compute type, KV cache type (lp_cu_kv_type) */
     size_t csz;
     int64_t q_dim, kv_dim, qkv_dim;
     int n_sm;
@@ -93,6 +93,7 @@ typedef struct cuda_backend {
     size_t lora_v_floats;
     unsigned *lora_cnt; /* (max_tokens, LP_CU_MAX_MODS) split counters of the shrink */
     void *xn, *att, *act, *lin;
+    float *lora_x; /* the LoRA shrink's fp32 input: normed x, attention out or silu*mul (not fp32 models) */
     /* per-call metadata: pinned host and device copies of the same layout */
     int32_t *h_meta, *d_meta;
     size_t meta_cap; /* int32 elements */
@@ -372,15 +373,29 @@ static int ensure_meta(cuda_backend *b, size_t need, lp_error *err) {
 /* One multi-LoRA application on stream `st`: shrink then expand over the
  * call's tiles, adding into Y. */
 static int lora_kernels(cuda_backend *b, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods, const void *X,
-                        int K, float *Y, int ldy, int64_t T, cudaStream_t st, lp_error *err) {
+                        lp_cu_type xt, int K, float *Y, int ldy, int64_t T, cudaStream_t st, lp_error *err) {
     lc->layer = layer;
     lc->ksplit = lp_cu_lora_ksplit(lc->n_lora_items, mods->n, K, b->n_sm);
     if (lp_cu_lora_v_floats((int)T, lc->ksplit, lc->rmax) > b->lora_v_floats)
         return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %lld tokens x %d splits",
                             (long long)T, lc->ksplit);
-    CU(lp_cu_lora_shrink(lc, mods, X, b->ct, K, K, st));
+    CU(lp_cu_lora_shrink(lc, mods, X, xt, K, K, st));
     CU(lp_cu_lora_expand(lc, mods, Y, ldy, st));
     return LP_OK;
+}
+
+/* What the LoRA shrink of a call reads: the fp32 copy in b->lora_x when the
+ * compute type is 16-bit (rounding the input to bf16 costs adapter rows up
+ * to 1.5e-2 relative L2 at high scalings: bench/bf16-emulation), else the
+ * fp32 activations the GEMM reads. */
+typedef struct lora_in {
+    const void *x;
+    lp_cu_type t;
+} lora_in;
+
+static lora_in lora_input(const cuda_backend *b, const void *ct_buf) {
+    lora_in in = {b->lora_x ? (const void *)b->lora_x : ct_buf, b->lora_x ? LP_CT_F32 : b->ct};
+    return in;
 }
 
 /* The LoRA of one module group, in two halves around the base GEMM. Without
@@ -390,13 +405,13 @@ static int lora_kernels(cuda_backend *b, lp_cu_lora_call *lc, int layer, const l
  * (lora_delta() says whether it must). DoRA rescales the base output, so a
  * call with DoRA rows applies its LoRA in place after the GEMM instead. */
 static int lora_begin(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
-                      const void *X, int K, int ldy, int64_t T, lp_error *err) {
+                      lora_in X, int K, int ldy, int64_t T, lp_error *err) {
     if (!cs->lora || cs->dora)
         return LP_OK;
     CU(cudaEventRecord(b->ev_fork, b->st));
     CU(cudaStreamWaitEvent(b->side, b->ev_fork, 0));
     lc->overwrite = 1; /* every (token, column) of ylora written: no memset */
-    int rc = lora_kernels(b, lc, layer, mods, X, K, b->ylora, ldy, T, b->side, err);
+    int rc = lora_kernels(b, lc, layer, mods, X.x, X.t, K, b->ylora, ldy, T, b->side, err);
     if (rc)
         return rc;
     CU(cudaEventRecord(b->ev_join, b->side));
@@ -404,12 +419,12 @@ static int lora_begin(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc
 }
 
 static int lora_end(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
-                    const void *X, int K, float *Y, int ldy, int64_t T, lp_error *err) {
+                    lora_in X, int K, float *Y, int ldy, int64_t T, lp_error *err) {
     if (!cs->lora)
         return LP_OK;
     if (cs->dora) {
         lc->overwrite = 0;
-        return lora_kernels(b, lc, layer, mods, X, K, Y, ldy, T, b->st, err);
+        return lora_kernels(b, lc, layer, mods, X.x, X.t, K, Y, ldy, T, b->st, err);
     }
     CU(cudaStreamWaitEvent(b->st, b->ev_join, 0));
     return LP_OK;
@@ -438,9 +453,15 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL,
                        c->rms_eps};
     lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd, bs, 0, c->sliding_window, cs->splits, b->block_elems,
-                     1.0f / sqrtf((float)hd), b->part};
+                     1.0f / sqrtf((float)hd), b->part, NULL};
 
     const float *yl = lora_delta(b, cs);
+    /* the fp32 copies for the LoRA shrink, only when the call has adapter
+     * rows; one buffer serves all four inputs, as each is consumed (the side
+     * stream joined) before the next is written */
+    float *x32 = cs->lora ? b->lora_x : NULL;
+    at.out32 = x32;
+    lora_in lx_n = lora_input(b, b->xn), lx_att = lora_input(b, b->att), lx_act = lora_input(b, b->act);
     int qkvd = (int)b->qkv_dim, qd = (int)b->q_dim;
     CU(lp_cu_embed(b->x, b->embed, b->ct, tk.id, (int)T, D, b->st));
     for (int l = 0; l < c->n_layers; l++) {
@@ -448,40 +469,41 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
         const cu_layer *prev = l ? &b->L[l - 1] : NULL;
         /* x += previous layer's down output (+ its LoRA delta, + bias); xn = norm(x) */
         CU(lp_cu_add_rmsnorm(b->x, prev ? b->tmp : NULL, prev ? yl : NULL, prev ? prev->down_b : NULL, L->attn_norm,
-                             b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_qkv, b->xn, D, qkvd, T, err)))
+                             b->xn, b->ct, x32, NULL, (int)T, D, c->rms_eps, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_qkv, lx_n, D, qkvd, T, err)))
             return rc;
         BLAS(gemm(b, b->qkv, qkvd, b->xn, D, L->qkv, qkvd, D, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_qkv, b->xn, D, b->qkv, qkvd, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_qkv, lx_n, D, b->qkv, qkvd, T, err)))
             return rc;
         rope.layer = l;
         rope.bias = L->qkv_b;
         rope.lora = yl;
         rope.q_norm = L->q_norm;
         rope.k_norm = L->k_norm;
-        CU(lp_cu_qkv_rope(b->qkv, b->q, b->kv, b->ct, &rope, &tk, (int)T, b->st));
+        CU(lp_cu_qkv_rope(b->qkv, b->q, b->kv, b->kt, &rope, &tk, (int)T, b->st));
         at.layer = l;
-        CU(lp_cu_attention(b->q, b->kv, b->ct, b->att, &at, &tk, (int)T, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_o, b->att, qd, D, T, err)))
+        CU(lp_cu_attention(b->q, b->kv, b->kt, b->att, b->ct, &at, &tk, (int)T, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_o, lx_att, qd, D, T, err)))
             return rc;
         BLAS(gemm(b, b->tmp, D, b->att, qd, L->o, D, qd, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_o, b->att, qd, b->tmp, D, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_o, lx_att, qd, b->tmp, D, T, err)))
             return rc;
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, L->o_b, L->ffn_norm, b->xn, b->ct, NULL, (int)T, D, c->rms_eps, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_gu, b->xn, D, 2 * F, T, err)))
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, L->o_b, L->ffn_norm, b->xn, b->ct, x32, NULL, (int)T, D, c->rms_eps,
+                             b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_gu, lx_n, D, 2 * F, T, err)))
             return rc;
         BLAS(gemm(b, b->gu, 2 * F, b->xn, D, L->gu, 2 * F, D, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_gu, b->xn, D, b->gu, 2 * F, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_gu, lx_n, D, b->gu, 2 * F, T, err)))
             return rc;
-        CU(lp_cu_silu_mul(b->gu, yl, L->gu_b, b->act, b->ct, (int)T, F, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_down, b->act, F, D, T, err)))
+        CU(lp_cu_silu_mul(b->gu, yl, L->gu_b, b->act, b->ct, x32, (int)T, F, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_down, lx_act, F, D, T, err)))
             return rc;
         BLAS(gemm(b, b->tmp, D, b->act, F, L->down, D, F, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_down, b->act, F, b->tmp, D, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_down, lx_act, F, b->tmp, D, T, err)))
             return rc;
     }
     if (cs->nl) {
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct,
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct, NULL,
                              d + ml->lidx, (int)cs->nl, D, c->rms_eps, b->st));
         BLAS(gemm(b, b->logits, c->vocab, b->lin, D, b->lm_head, c->vocab, D, (int)cs->nl));
     }
@@ -844,7 +866,7 @@ static void cuda_free(lp_backend *base) {
         if (b->slots[i].ready)
             cudaEventDestroy(b->slots[i].ready);
     }
-    void *dev[] = {b->arena, b->kv, b->x, b->tmp, b->qkv, b->q, b->gu, b->part, b->logits, b->lora_v,
+    void *dev[] = {b->arena, b->kv, b->x, b->tmp, b->qkv, b->q, b->gu, b->part, b->logits, b->lora_v, b->lora_x,
                    b->xn, b->att, b->act, b->lin, b->d_meta, b->d_desc, b->blas_ws, b->ylora, b->lora_cnt,
                    b->d_sspec, b->d_sout, b->d_sadj, b->d_tkeys, b->d_tstat};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
@@ -961,7 +983,7 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
         return rc;
 
     b->block_elems = (size_t)c->n_layers * 2 * (size_t)b->kv_dim * (size_t)P->block_size;
-    if ((rc = dmalloc(&b->kv, b->block_elems * (size_t)P->n_kv_blocks * b->csz, "the KV cache", err)))
+    if ((rc = dmalloc(&b->kv, b->block_elems * (size_t)P->n_kv_blocks * lp_cu_type_size(b->kt), "the KV cache", err)))
         return rc;
     size_t T = (size_t)P->max_tokens, D = (size_t)c->hidden, F = (size_t)c->ffn;
     size_t wide = LP_MAX(LP_MAX(D, (size_t)b->q_dim), F);
@@ -984,6 +1006,9 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
         (rc = dmalloc(&b->att, T * (size_t)b->q_dim * b->csz, "activations", err)) ||
         (rc = dmalloc(&b->act, T * wide * b->csz, "activations", err)) ||
         (rc = dmalloc(&b->lin, (size_t)P->max_logit_rows * D * b->csz, "activations", err)))
+        return rc;
+    if (b->ct != LP_CT_F32 && P->max_adapters > 0 &&
+        (rc = dmalloc((void **)&b->lora_x, T * wide * 4, "the LoRA input", err)))
         return rc;
     size_t nd = (size_t)(P->max_adapters ? P->max_adapters : 1) * (size_t)c->n_layers * 7;
     CU(cudaMallocHost((void **)&b->h_desc, nd * sizeof(lp_cu_lora_desc)));
@@ -1039,6 +1064,7 @@ extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_param
         return err ? err->code : LP_ERR_INVALID;
     }
     b->ct = file_ct(cdt);
+    b->kt = lp_cu_kv_type(b->ct);
     b->csz = lp_cu_type_size(b->ct);
     b->q_dim = (int64_t)c->n_heads * c->head_dim;
     b->kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
@@ -1054,10 +1080,11 @@ extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_param
         cuda_free(&b->base);
         return rc;
     }
-    LP_INFO("cuda backend: %s, %d SMs, weights %.2f GiB (%s), KV cache %.2f GiB", b->device_name, b->n_sm,
+    LP_INFO("cuda backend: %s, %d SMs, weights %.2f GiB (%s), KV cache %.2f GiB (%s)", b->device_name, b->n_sm,
             (double)((size_t)lp_model_weight_bytes(model)) / (1 << 30),
             b->ct == LP_CT_F32 ? "fp32" : b->ct == LP_CT_F16 ? "fp16" : "bf16",
-            (double)(b->block_elems * (size_t)P.n_kv_blocks * b->csz) / (1 << 30));
+            (double)(b->block_elems * (size_t)P.n_kv_blocks * lp_cu_type_size(b->kt)) / (1 << 30),
+            b->kt == LP_CT_F32 ? "fp32" : "fp16");
     *out = &b->base;
     return LP_OK;
 }

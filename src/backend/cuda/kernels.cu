@@ -64,7 +64,7 @@ cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_
 #define NORM_VEC 16
 template <typename T>
 __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                                   T *out, const int32_t *idx, int D, float eps) {
+                                   T *out, float *out32, const int32_t *idx, int D, float eps) {
     int t = idx ? idx[blockIdx.x] : blockIdx.x;
     float *xr = x + (size_t)t * D;
     float v[NORM_VEC], wv[NORM_VEC];
@@ -84,20 +84,24 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2
     ss = lp_block_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)D + eps);
     T *o = out + (size_t)blockIdx.x * D;
+    float *o32 = out32 ? out32 + (size_t)blockIdx.x * D : NULL;
 #pragma unroll
     for (int k = 0; k < NORM_VEC; k++) {
         int j = threadIdx.x + k * blockDim.x;
         if (j < D) {
             if (add)
                 xr[j] = v[k];
-            o[j] = lp_to<T>(wv[k] * (v[k] * r));
+            float y = wv[k] * (v[k] * r);
+            o[j] = lp_to<T>(y);
+            if (o32)
+                o32[j] = y;
         }
     }
 }
 
 cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                              void *out, lp_cu_type ot, const int32_t *idx, int n_out, int D, float eps,
-                              cudaStream_t s) {
+                              void *out, lp_cu_type ot, float *out32, const int32_t *idx, int n_out, int D,
+                              float eps, cudaStream_t s) {
     if (n_out <= 0)
         return cudaSuccess;
     int th = 128;
@@ -106,11 +110,11 @@ cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, con
     if (th * NORM_VEC < D)
         return cudaErrorInvalidValue; /* hidden > 16384: not a model we load */
     if (ot == LP_CT_F32)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (float *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (float *)out, out32, idx, D, eps);
     else if (ot == LP_CT_F16)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (__half *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (__half *)out, out32, idx, D, eps);
     else
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (bf16 *)out, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (bf16 *)out, out32, idx, D, eps);
     return cudaGetLastError();
 }
 
@@ -119,6 +123,13 @@ cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, con
 __device__ __forceinline__ size_t kv_off(const int32_t *bt, int p, int layer, int which, int g, int KVH, int bs,
                                          int hd, size_t block_elems) {
     return (size_t)bt[p / bs] * block_elems + ((((size_t)layer * 2 + which) * KVH + g) * bs + p % bs) * hd;
+}
+
+/* A K or V element as the cache stores it: fp16 saturates at +-65504, so a
+ * value past fp16's range is clipped rather than made infinite (NaN stays). */
+template <typename KT> __device__ __forceinline__ KT lp_to_kv(float v) { return lp_to<KT>(v); }
+template <> __device__ __forceinline__ __half lp_to_kv<__half>(float v) {
+    return __float2half_rn(v > 65504.0f ? 65504.0f : v < -65504.0f ? -65504.0f : v);
 }
 
 /* grid (T, H + 2 KVH), block >= hd/2 threads (a multiple of 32): thread i
@@ -163,8 +174,8 @@ __global__ void qkv_rope_kernel(const float *qkv, float *qout, KT *kv, lp_cu_rop
     } else {
         const int32_t *bt = tk.blocks + tk.blkoff[t];
         KT *o = kv + kv_off(bt, pos, r.layer, kind - 1, head, r.KVH, r.bs, hd, r.block_elems);
-        o[i] = lp_to<KT>(a);
-        o[i + half] = lp_to<KT>(b);
+        o[i] = lp_to_kv<KT>(a);
+        o[i + half] = lp_to_kv<KT>(b);
     }
 }
 
@@ -177,7 +188,7 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
     else if (kt == LP_CT_F16)
         qkv_rope_kernel<<<grid, th, 0, s>>>(qkv, qout, (__half *)kv, *r, *tk);
     else
-        qkv_rope_kernel<<<grid, th, 0, s>>>(qkv, qout, (bf16 *)kv, *r, *tk);
+        return cudaErrorInvalidValue; /* KV is fp32 or fp16 (lp_cu_kv_type) */
     return cudaGetLastError();
 }
 
@@ -213,9 +224,9 @@ __device__ __forceinline__ void load_elems(const KT *p, int d0, int hd, float *o
  * Softmax: one warp max per tile and head. Values: the tile's probabilities
  * go through shared memory and every lane accumulates its head-dim elements
  * over the 32 positions (V rows read coalesced, block ids passed by shuffle). */
-template <typename KT, int ND>
+template <typename KT, typename OT, int ND>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-    attention_kernel(const float *q, const KT *kv, KT *out, lp_cu_attn a, lp_cu_toks tk) {
+    attention_kernel(const float *q, const KT *kv, OT *out, lp_cu_attn a, lp_cu_toks tk) {
     __shared__ float sm_m[ATT_WARPS][ATT_MAXG], sm_l[ATT_WARPS][ATT_MAXG];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXG][ND * 32];
     __shared__ float sq[ATT_MAXG][ND * 32];
@@ -349,7 +360,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             }
         int h = h0 + j;
         if (a.splits == 1) {
-            out[(size_t)t * qdim + (size_t)h * hd + d] = lp_to<KT>(O / L);
+            size_t o = (size_t)t * qdim + (size_t)h * hd + d;
+            out[o] = lp_to<OT>(O / L);
+            if (a.out32)
+                a.out32[o] = O / L;
         } else {
             float *pp = a.part + (((size_t)t * a.H + h) * a.splits + split) * (hd + 2);
             pp[d] = O;
@@ -361,8 +375,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
-template <typename KT>
-__global__ void attention_combine_kernel(KT *out, lp_cu_attn a) {
+template <typename OT>
+__global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
     int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x, hd = a.hd;
     if (d >= hd)
         return;
@@ -389,66 +403,76 @@ __global__ void attention_combine_kernel(KT *out, lp_cu_attn a) {
         L += ls[s] * f;
         O += os[s] * f;
     }
-    out[(size_t)t * a.H * hd + (size_t)h * hd + d] = lp_to<KT>(O / L);
+    size_t o = (size_t)t * a.H * hd + (size_t)h * hd + d;
+    out[o] = lp_to<OT>(O / L);
+    if (a.out32)
+        a.out32[o] = O / L;
 }
 
-template <typename KT, int ND>
+template <typename KT, typename OT, int ND>
 static cudaError_t attention_launch(const float *q, const void *kv, void *out, const lp_cu_attn *a,
                                     const lp_cu_toks *tk, int T, cudaStream_t s) {
     int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
     dim3 grid(T, a->KVH * hchunks, a->splits);
-    attention_kernel<KT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (KT *)out, *a, *tk);
+    attention_kernel<KT, OT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (OT *)out, *a, *tk);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || a->splits == 1)
         return e;
-    attention_combine_kernel<KT><<<dim3(T, a->H), ((a->hd + 31) / 32) * 32, 0, s>>>((KT *)out, *a);
+    attention_combine_kernel<OT><<<dim3(T, a->H), ((a->hd + 31) / 32) * 32, 0, s>>>((OT *)out, *a);
     return cudaGetLastError();
 }
 
-template <typename KT>
+template <typename KT, typename OT>
 static cudaError_t attention_nd(const float *q, const void *kv, void *out, const lp_cu_attn *a,
                                 const lp_cu_toks *tk, int T, cudaStream_t s) {
     if (a->hd <= 32)
-        return attention_launch<KT, 1>(q, kv, out, a, tk, T, s);
+        return attention_launch<KT, OT, 1>(q, kv, out, a, tk, T, s);
     if (a->hd <= 64)
-        return attention_launch<KT, 2>(q, kv, out, a, tk, T, s);
+        return attention_launch<KT, OT, 2>(q, kv, out, a, tk, T, s);
     if (a->hd <= 128)
-        return attention_launch<KT, 4>(q, kv, out, a, tk, T, s);
+        return attention_launch<KT, OT, 4>(q, kv, out, a, tk, T, s);
     if (a->hd <= 256)
-        return attention_launch<KT, 8>(q, kv, out, a, tk, T, s);
+        return attention_launch<KT, OT, 8>(q, kv, out, a, tk, T, s);
     return cudaErrorInvalidValue;
 }
 
-cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, const lp_cu_attn *a,
-                            const lp_cu_toks *tk, int T, cudaStream_t s) {
-    if (kt == LP_CT_F32)
-        return attention_nd<float>(q, kv, out, a, tk, T, s);
-    if (kt == LP_CT_F16)
-        return attention_nd<__half>(q, kv, out, a, tk, T, s);
-    return attention_nd<bf16>(q, kv, out, a, tk, T, s);
+cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,
+                            const lp_cu_attn *a, const lp_cu_toks *tk, int T, cudaStream_t s) {
+    /* the pairs lp_cu_kv_type gives: fp32 with fp32, fp16 KV with fp16 or bf16 */
+    if (kt == LP_CT_F32 && ot == LP_CT_F32)
+        return attention_nd<float, float>(q, kv, out, a, tk, T, s);
+    if (kt == LP_CT_F16 && ot == LP_CT_F16)
+        return attention_nd<__half, __half>(q, kv, out, a, tk, T, s);
+    if (kt == LP_CT_F16 && ot == LP_CT_BF16)
+        return attention_nd<__half, bf16>(q, kv, out, a, tk, T, s);
+    return cudaErrorInvalidValue;
 }
 
 template <typename T>
-__global__ void silu_mul_kernel(const float *gu, const float *lora, const float *bias, T *out, int Tn, int F) {
+__global__ void silu_mul_kernel(const float *gu, const float *lora, const float *bias, T *out, float *out32, int Tn,
+                                int F) {
     size_t n = (size_t)Tn * F;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         size_t t = e / F;
         int i = (int)(e % F);
         float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f) + (lora ? lora[t * 2 * F + i] : 0.0f);
         float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f) + (lora ? lora[t * 2 * F + F + i] : 0.0f);
-        out[e] = lp_to<T>(g / (1.0f + expf(-g)) * u);
+        float y = g / (1.0f + expf(-g)) * u;
+        out[e] = lp_to<T>(y);
+        if (out32)
+            out32[e] = y;
     }
 }
 
-cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot, int T,
-                           int F, cudaStream_t s) {
+cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot,
+                           float *out32, int T, int F, cudaStream_t s) {
     size_t n = (size_t)T * F;
     unsigned grid = (unsigned)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
     if (ot == LP_CT_F32)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (float *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (float *)out, out32, T, F);
     else if (ot == LP_CT_F16)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (__half *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (__half *)out, out32, T, F);
     else
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (bf16 *)out, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (bf16 *)out, out32, T, F);
     return cudaGetLastError();
 }

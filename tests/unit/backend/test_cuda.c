@@ -3,9 +3,10 @@
  * model's own compute type (bf16 for the fixtures) and fp32 compute
  * (LORAPLEX_CUDA_DTYPE=float32). Tolerances (relative L2) per pass below.
  *   a. base + every fixture adapter, every prompt: logits at every position
- *      against the reference - bf16: base 1e-2, adapters 3e-2 (the fixture
- *      adapters are random with scalings up to 4: their deltas amplify bf16
- *      activation rounding); fp32: 1e-4 for all;
+ *      against the reference - bf16: 1e-2 for all, the issue's bound (the
+ *      fixture adapters are random with scalings up to 4, so their deltas
+ *      amplify any rounding of what they read: the backend feeds the LoRA
+ *      shrink fp32 activations and keeps K/V in fp16 for that); fp32: 1e-4;
  *   b. 16-token greedy continuations equal the reference's, except that at a
  *      step where the CPU backend (= the reference to 3e-6) sees a top-2
  *      logit margin <= 0.05 the GPU may pick the other token (the rest of that
@@ -528,14 +529,14 @@ int main(int argc, char **argv) {
         printf("no CUDA device: skipped\n");
         return 77;
     }
-    /* pass 1, the model's compute type (bf16 for the fixtures): the base within
-     * 1e-2 of the fp32 reference; adapter rows within 3e-2 - the fixture
-     * adapters are random, not trained, with scalings up to 4, and their
-     * large deltas amplify the rounding of bf16 activations (the trained
-     * demo adapters give the reference's tokens: test_task_eval) */
+    /* pass 1, the model's compute type (bf16 for the fixtures): base and
+     * adapter rows within 1e-2 of the fp32 reference. The CPU emulation of
+     * this pass's rounding (bench/bf16-emulation, "act,kv16") puts the worst
+     * fixture adapter at 9.3e-3: with bf16 KV or a bf16 LoRA input it was
+     * 1.9e-2 and 2.0e-2 */
     g_pass = "bf16";
     g_tol = 1e-2;
-    g_tol_lora = 3e-2;
+    g_tol_lora = 1e-2;
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
     /* pass 2, fp32 compute (LORAPLEX_CUDA_DTYPE=float32): the same kernels
