@@ -41,10 +41,15 @@
  * vocab x 4 with --sample host, over PCIe; a few KB with GPU sampling),
  * which the measured time includes.
  *
- * ttft: per trial, cold = lp_backend_adapter_load of an adapter already in
- * host memory (a different one each trial, cycling through those given) +
- * one prefill of isl tokens up to its logits; warm = the same prefill again
- * with that adapter resident; then the slot is unloaded. p50 of each.
+ * ttft: per trial (a different adapter each, cycling through those given):
+ * unstaged = lp_backend_adapter_load of an adapter in host memory as loaded
+ * from its files + one prefill of isl tokens up to its logits; stage = the
+ * lp_backend_adapter_stage the server's loader thread does when an adapter
+ * enters the host tier (off the engine thread, so not part of a TTFT);
+ * cold = load of the staged adapter + the prefill (the server's case of an
+ * adapter in the host tier); warm = the prefill again with the adapter
+ * resident; then the slot is unloaded and the staged copy dropped. p50 of
+ * each, and of the two load calls alone.
  *
  * Output: one JSON object per measurement on stdout; a human table on stderr.
  * GPU_BENCH_FREE_GIB=X makes decode plan for X GiB of free GPU memory (to
@@ -903,9 +908,11 @@ static int cmd_ttft(const args *a) {
     float *logits = malloc(sizeof(float) * (size_t)vocab);
     int n = a->trials;
     double *cold = malloc(sizeof(double) * (size_t)n), *warm = malloc(sizeof(double) * (size_t)n),
-           *load = malloc(sizeof(double) * (size_t)n), *base = malloc(sizeof(double) * (size_t)n);
+           *load = malloc(sizeof(double) * (size_t)n), *base = malloc(sizeof(double) * (size_t)n),
+           *unst = malloc(sizeof(double) * (size_t)n), *unst_load = malloc(sizeof(double) * (size_t)n),
+           *stage = malloc(sizeof(double) * (size_t)n);
     lp_error err = {0};
-    if (!toks || !blocks || !logits || !cold || !warm || !load || !base) {
+    if (!toks || !blocks || !logits || !cold || !warm || !load || !base || !unst || !unst_load || !stage) {
         fprintf(stderr, "gpu_bench: out of host memory\n");
         rc = 1;
         goto out;
@@ -930,7 +937,7 @@ static int cmd_ttft(const args *a) {
     int rank_lo = 1 << 30, rank_hi = 0;
     for (int k = 0; k < n; k++) {
         int ai = k % b.n_ads;
-        const lp_adapter *ad = b.ads[ai];
+        lp_adapter *ad = b.ads[ai];
         ad_bytes_sum += b.ad_bytes[ai];
         rank_lo = LP_MIN(rank_lo, b.ad_rank[ai]);
         rank_hi = LP_MAX(rank_hi, b.ad_rank[ai]);
@@ -940,10 +947,24 @@ static int cmd_ttft(const args *a) {
             goto fail;
         base[k] = lp__now() - t0;
         row.adapter = 0;
+        /* not staged: the load lays the adapter out itself */
         t0 = lp__now();
         if (lp_backend_adapter_load(b.be, 0, ad, &err))
             goto fail;
         double t1 = lp__now();
+        if (lp_backend_forward(b.be, &row, 1, logits, &err))
+            goto fail;
+        unst[k] = lp__now() - t0;
+        unst_load[k] = t1 - t0;
+        lp_backend_adapter_unload(b.be, 0);
+        t0 = lp__now();
+        if (lp_backend_adapter_stage(b.be, ad, &err))
+            goto fail;
+        stage[k] = lp__now() - t0;
+        t0 = lp__now();
+        if (lp_backend_adapter_load(b.be, 0, ad, &err))
+            goto fail;
+        t1 = lp__now();
         if (lp_backend_forward(b.be, &row, 1, logits, &err))
             goto fail;
         cold[k] = lp__now() - t0;
@@ -953,25 +974,33 @@ static int cmd_ttft(const args *a) {
             goto fail;
         warm[k] = lp__now() - t0;
         lp_backend_adapter_unload(b.be, 0);
+        if (ad->staged) { /* the next trial of this adapter starts unstaged again */
+            ad->staged_free(ad->staged);
+            ad->staged = NULL;
+        }
     }
     {
         double c50 = quantile(cold, n, 0.5), w50 = quantile(warm, n, 0.5), l50 = quantile(load, n, 0.5),
-               b50 = quantile(base, n, 0.5);
+               b50 = quantile(base, n, 0.5), u50 = quantile(unst, n, 0.5), ul50 = quantile(unst_load, n, 0.5),
+               s50 = quantile(stage, n, 0.5);
         double ad_mean = ad_bytes_sum / n;
         printf("{\"what\":\"ttft\",\"device\":\"%s\",\"isl\":%d,\"trials\":%d,\"adapters\":%d,\"rank_min\":%d,"
                "\"rank_max\":%d,\"adapter_bytes_mean\":%.0f,\"cold_p50_ms\":%.3f,\"warm_p50_ms\":%.3f,"
                "\"cold_minus_warm_ms\":%.3f,\"load_call_p50_ms\":%.3f,\"base_p50_ms\":%.3f,"
+               "\"unstaged_p50_ms\":%.3f,\"unstaged_load_call_p50_ms\":%.3f,\"stage_p50_ms\":%.3f,"
                "\"h2d_pinned_GBps\":%.1f,\"h2d_floor_ms\":%.3f}\n",
                mi.name, a->isl, n, LP_MIN(n, b.n_ads), rank_lo, rank_hi, ad_mean, c50 * 1e3, w50 * 1e3,
-               (c50 - w50) * 1e3, l50 * 1e3, b50 * 1e3, mi.h2d_bw / 1e9,
+               (c50 - w50) * 1e3, l50 * 1e3, b50 * 1e3, u50 * 1e3, ul50 * 1e3, s50 * 1e3, mi.h2d_bw / 1e9,
                mi.h2d_bw > 0 ? ad_mean / mi.h2d_bw * 1e3 : 0.0);
         fflush(stdout);
         fprintf(stderr, "\nttft, %d-token prompt, %d trials, ranks %d..%d (%.1f MB bf16 per adapter on average):\n",
                 a->isl, n, rank_lo, rank_hi, ad_mean / 1e6);
-        fprintf(stderr, "  cold p50 %.2f ms (of which the load call %.2f ms)\n  warm p50 %.2f ms\n"
+        fprintf(stderr, "  cold p50 %.2f ms (of which the load call %.2f ms), adapter staged in the host tier\n"
+                        "  unstaged p50 %.2f ms (of which the load call %.2f ms); staging %.2f ms (loader thread)\n"
+                        "  warm p50 %.2f ms\n"
                         "  cold - warm %.2f ms (an upload at the pinned host-to-device rate: %.2f ms)\n"
                         "  base p50 %.2f ms\n",
-                c50 * 1e3, l50 * 1e3, w50 * 1e3, (c50 - w50) * 1e3,
+                c50 * 1e3, l50 * 1e3, u50 * 1e3, ul50 * 1e3, s50 * 1e3, w50 * 1e3, (c50 - w50) * 1e3,
                 mi.h2d_bw > 0 ? ad_mean / mi.h2d_bw * 1e3 : 0.0, b50 * 1e3);
     }
     goto out;
@@ -986,6 +1015,9 @@ out:
     free(warm);
     free(load);
     free(base);
+    free(unst);
+    free(unst_load);
+    free(stage);
     bench_free(&b);
     return rc;
 }

@@ -33,7 +33,7 @@
 #   nographs gpu_bench decode at batch 1 with LORAPLEX_CUDA_GRAPHS=0
 #   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
 #   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
-#   ttft     gpu_bench ttft: cold vs warm adapter time to first token
+#   ttft     gpu_bench ttft: cold (staged / unstaged) vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
 # Files under $OUT (the device tool brings back at most 8): results.jsonl (every
 # JSON line of gpu_bench), logs.txt (every stage's output), summary.txt (the
@@ -370,7 +370,7 @@ fi
     echo
     grep '"what":"ttft"' "$OUT/results.jsonl" | awk '
       function get(k,  r) { if (!match($0, "\"" k "\":(\"[^\"]*\"|[^,}]*)")) return "-"; r = substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3); gsub(/"/, "", r); return r }
-      { printf "ttft (%s tokens, %s trials, ranks %s-%s): cold p50 %s ms (load call %s ms), warm p50 %s ms, cold - warm %s ms, base %s ms\n", get("isl"), get("trials"), get("rank_min"), get("rank_max"), get("cold_p50_ms"), get("load_call_p50_ms"), get("warm_p50_ms"), get("cold_minus_warm_ms"), get("base_p50_ms") }'
+      { printf "ttft (%s tokens, %s trials, ranks %s-%s): cold (staged) p50 %s ms (load call %s ms), unstaged %s ms (load call %s ms), staging %s ms, warm p50 %s ms, cold - warm %s ms, base %s ms\n", get("isl"), get("trials"), get("rank_min"), get("rank_max"), get("cold_p50_ms"), get("load_call_p50_ms"), get("unstaged_p50_ms"), get("unstaged_load_call_p50_ms"), get("stage_p50_ms"), get("warm_p50_ms"), get("cold_minus_warm_ms"), get("base_p50_ms") }'
   fi
   echo
   echo "files: $OUT/results.jsonl (JSON lines), $OUT/logs.txt (all output), $OUT/summary.txt"

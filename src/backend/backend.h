@@ -133,6 +133,14 @@ typedef struct lp_backend_ops {
      * naming `slot`. The adapter must stay alive until the slot is unloaded;
      * no row of a running forward may name a slot being (un)loaded. */
     int (*adapter_load)(lp_backend *b, int slot, const lp_adapter *a, lp_error *err);
+    /* Optional (NULL: nothing to do). Prepare `a` for adapter_load on any
+     * thread, beside running forwards: the CUDA backend lays it out for the
+     * device in pinned host memory, kept with the adapter until it is freed,
+     * so that a later adapter_load is one asynchronous copy instead of host
+     * work on the engine thread. adapter_load works without it (it then lays
+     * the adapter out itself, for that load only). Not concurrently with an
+     * adapter_load of the same adapter. */
+    int (*adapter_stage)(lp_backend *b, lp_adapter *a, lp_error *err);
     void (*adapter_unload)(lp_backend *b, int slot);
     /* Host memory for the `logits` buffers of forward: pinned on CUDA, so the
      * logits come back at full transfer speed. NULL = malloc/free. */
@@ -180,6 +188,9 @@ static inline void lp_backend_free(lp_backend *b) {
 static inline int lp_backend_adapter_load(lp_backend *b, int slot, const lp_adapter *a,
                                           lp_error *err) {
     return b->ops->adapter_load(b, slot, a, err);
+}
+static inline int lp_backend_adapter_stage(lp_backend *b, lp_adapter *a, lp_error *err) {
+    return b->ops->adapter_stage ? b->ops->adapter_stage(b, a, err) : 0;
 }
 static inline void lp_backend_adapter_unload(lp_backend *b, int slot) {
     b->ops->adapter_unload(b, slot);

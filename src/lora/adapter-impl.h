@@ -26,6 +26,12 @@ struct lp_adapter {
     lp__lora_mod *mods;    /* (n_layers, LP_MOD_COUNT) */
     void *file;            /* lp_st_file or lp_pt_file holding the tensor data */
     bool file_is_pt;
+    /* A backend's copy of the weights in its device layout, made ahead of
+     * adapter_load (lp_backend_adapter_stage) and freed with the adapter by
+     * staged_free; `staged_by` is the backend that made it. */
+    void *staged;
+    const void *staged_by;
+    void (*staged_free)(void *staged);
 };
 
 static inline const lp__lora_mod *lp__adapter_mod(const lp_adapter *a, int layer, int m) {

@@ -666,6 +666,8 @@ fail:
 void lp_adapter_free(lp_adapter *a) {
     if (!a)
         return;
+    if (a->staged && a->staged_free)
+        a->staged_free(a->staged);
     if (a->mods)
         for (size_t i = 0; i < (size_t)a->n_layers * LP_MOD_COUNT; i++)
             free(a->mods[i].dora_scale);

@@ -147,6 +147,12 @@ static void *loader_main(void *arg) {
         lp_error err = {0};
         double t0 = lp__now();
         int rc = lp_adapter_load(path, s->model, &ap, &a, &err);
+        /* the backend's device layout, made here beside running batches so
+         * that moving the adapter into a slot later is only a copy */
+        if (!rc && (rc = lp_backend_adapter_stage(s->be, a, &err)) != LP_OK) {
+            lp_adapter_free(a);
+            a = NULL;
+        }
         double ms = (lp__now() - t0) * 1e3;
         pthread_mutex_lock(&s->mu);
         e->loading = false;
@@ -357,6 +363,8 @@ int lp_store_register(lp_store *s, const char *name, const char *path, bool repl
     lp_adapter *a = NULL;
     double t0 = lp__now();
     int rc = lp_adapter_load(real, s->model, &ap, &a, err);
+    if (!rc && (rc = lp_backend_adapter_stage(s->be, a, err)) != LP_OK)
+        lp_adapter_free(a);
     double ms = (lp__now() - t0) * 1e3;
     if (rc) {
         free(real);

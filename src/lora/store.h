@@ -1,7 +1,9 @@
 /* store.h - the adapter store and its tiers (NIM's model): adapters are
  * registered by name (a scanned --lora-dir, --lora-modules, or the runtime
  * load API), loaded on demand into a host tier (max_cpu_loras, LRU) by a
- * loader thread, and placed into backend slots, the device tier (max_loras,
+ * loader thread - which also has the backend stage it in device layout
+ * (lp_backend_adapter_stage: pinned host memory on CUDA) - and placed into
+ * backend slots, the device tier (max_loras,
  * LRU). An adapter pinned by a queued or running row is never evicted;
  * replacing or unregistering one lets the rows using it finish on the old
  * weights. Thread-safe: every function may be called from any thread, but

@@ -16,12 +16,13 @@
  * one copy; everything then runs on one stream and the logits come back in
  * one copy at the end.
  *
- * Device tier: adapter_load lays an adapter out for the GPU (A as is, B
- * transposed; bf16, or fp32 when the file holds fp32) in pinned host memory,
+ * Device tier: adapter_stage lays an adapter out for the GPU
+ * (src/backend/lora_layout.h) in pinned host memory when the store brings it
+ * into the host tier, on the store's loader thread. adapter_load then
  * allocates its exact size (by its own ranks) from a stream-ordered memory
  * pool and copies it on a separate copy stream, so loads overlap running
- * batches; the next forward that names the
- * slot waits for that copy's event on the GPU, not on the host. */
+ * batches and cost the engine thread no host work; the next forward that
+ * names the slot waits for that copy's event on the GPU, not on the host. */
 #include <cublas_v2.h>
 #include <math.h>
 #include <stdio.h>
@@ -31,6 +32,7 @@
 extern "C" {
 #include "backend/backend.h"
 #include "backend/common.h"
+#include "backend/lora_layout.h"
 #include "lora/adapter-impl.h"
 #include "model/model-impl.h"
 #include "util/log.h"
@@ -47,9 +49,11 @@ typedef struct cu_layer {
     float *attn_norm, *ffn_norm, *q_norm, *k_norm;
 } cu_layer;
 
+struct cu_staged;
 typedef struct cu_slot {
-    const lp_adapter *a; /* NULL = empty */
-    void *dev, *host;    /* device copy (pool), pinned host copy */
+    const lp_adapter *a;  /* NULL = empty */
+    void *dev;            /* device copy (pool) */
+    struct cu_staged *tmp; /* the host layout of an adapter that was not staged, for this load */
     cudaEvent_t ready;   /* recorded after the copy on the copy stream */
     bool dora;           /* some module is DoRA */
 } cu_slot;
@@ -76,7 +80,7 @@ typedef struct cuda_backend {
     lp_cu_type ct, kt; /* compute type, KV cache type (lp_cu_kv_type) */
     size_t csz;
     int64_t q_dim, kv_dim, qkv_dim;
-    int n_sm;
+    int n_sm, dev;
     char device_name[256];
     cudaStream_t st, cp, side; /* compute, adapter copies, LoRA beside the GEMMs */
     cudaEvent_t ev_fork, ev_join;
@@ -712,6 +716,74 @@ static const float *cuda_logits(lp_backend *base, int first, int n, float *buf, 
 
 /* ---- device tier ---- */
 
+/* An adapter in device layout (lora_layout.h) in host memory: pinned, so the
+ * copy runs at full speed without the host, or pageable when pinning fails
+ * (the copy still works, staged by the driver). */
+typedef struct cu_staged {
+    lp_lora_layout lay;
+    void *host;
+    bool pinned;
+} cu_staged;
+
+static void staged_free(void *p) {
+    cu_staged *st = (cu_staged *)p;
+    if (!st)
+        return;
+    if (st->pinned)
+        cudaFreeHost(st->host);
+    else
+        free(st->host);
+    lp_lora_layout_free(&st->lay);
+    free(st);
+}
+
+static int staged_make(cuda_backend *b, const lp_adapter *a, cu_staged **out, lp_error *err) {
+    *out = NULL;
+    cu_staged *st = (cu_staged *)calloc(1, sizeof *st);
+    if (!st)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
+    int rc = lp_lora_layout_plan(a, &st->lay, err);
+    if (rc) {
+        free(st);
+        return rc;
+    }
+    cudaSetDevice(b->dev); /* the store's loader thread calls this too */
+    if (cudaMallocHost(&st->host, st->lay.bytes) == cudaSuccess) {
+        st->pinned = true;
+    } else {
+        cudaGetLastError();
+        LP_WARN("%s: no pinned host memory for %zu MiB of adapter: staging it in pageable memory (slower copies)",
+                a->dir, st->lay.bytes >> 20);
+        st->host = aligned_alloc(LP_LORA_LAYOUT_ALIGN, st->lay.bytes);
+        if (!st->host) {
+            size_t mib = st->lay.bytes >> 20;
+            lp_lora_layout_free(&st->lay);
+            free(st);
+            return lp_error_set(err, LP_ERR_NOMEM, "%s: no host memory for %zu MiB of adapter", a->dir, mib);
+        }
+    }
+    lp_lora_layout_fill(a, &st->lay, st->host);
+    *out = st;
+    return LP_OK;
+}
+
+static int cuda_adapter_stage(lp_backend *base, lp_adapter *a, lp_error *err) {
+    cuda_backend *b = (cuda_backend *)base;
+    if (a->staged && a->staged_by == b)
+        return LP_OK;
+    if (a->staged) /* another backend's layout: replace it */
+        a->staged_free(a->staged);
+    a->staged = NULL;
+    cu_staged *st;
+    int rc = staged_make(b, a, &st, err);
+    if (rc)
+        return rc;
+    a->staged = st;
+    a->staged_by = b;
+    a->staged_free = staged_free;
+    return LP_OK;
+}
+
 static void slot_release(cuda_backend *b, int slot) {
     cu_slot *s = &b->slots[slot];
     if (!s->a)
@@ -725,9 +797,9 @@ static void slot_release(cuda_backend *b, int slot) {
     if (s->dev)
         cudaFreeAsync(s->dev, b->cp);
     cudaStreamSynchronize(b->cp);
-    if (s->host)
-        cudaFreeHost(s->host);
-    s->dev = s->host = NULL;
+    staged_free(s->tmp);
+    s->dev = NULL;
+    s->tmp = NULL;
     s->a = NULL;
     s->dora = false;
     b->slot_ptrs[slot] = NULL;
@@ -739,42 +811,10 @@ static void cuda_adapter_unload(lp_backend *base, int slot) {
         slot_release(b, slot);
 }
 
-/* w (rows, cols) into dst as bf16 or fp32, optionally transposed. */
-static void adapter_rows(void *dst, bool f32, const lp__weight *w, bool transpose) {
-    int64_t R = w->rows, C = w->cols;
-    if (w->dtype == (f32 ? LP_DTYPE_F32 : LP_DTYPE_BF16)) { /* same dtype: plain copies */
-        if (!transpose) {
-            memcpy(dst, w->data, (size_t)(R * C) * (f32 ? 4 : 2));
-        } else if (f32) {
-            const float *src = (const float *)w->data;
-            for (int64_t r = 0; r < R; r++)
-                for (int64_t k = 0; k < C; k++)
-                    ((float *)dst)[k * R + r] = src[r * C + k];
-        } else {
-            const uint16_t *src = (const uint16_t *)w->data;
-            for (int64_t r = 0; r < R; r++)
-                for (int64_t k = 0; k < C; k++)
-                    ((uint16_t *)dst)[k * R + r] = src[r * C + k];
-        }
-        return;
-    }
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t k = 0; k < C; k++) {
-            float v = lp__load_f32(w->data, w->dtype, r * C + k);
-            int64_t i = transpose ? k * R + r : r * C + k;
-            if (f32)
-                ((float *)dst)[i] = v;
-            else
-                ((__nv_bfloat16 *)dst)[i] = __float2bfloat16(v);
-        }
-}
-
-/* fp32 adapter files stay fp32 on the GPU (their deltas can dominate the
- * output; bf16 would cost ~1e-2 of the logits), the others become bf16. */
-static bool adapter_keeps_f32(const lp__lora_mod *md) {
-    return md->A.dtype == LP_DTYPE_F32 || md->B.dtype == LP_DTYPE_F32;
-}
-
+/* The host work is done by adapter_stage (on the store's loader thread) or,
+ * for an adapter not staged, here for this load only; what remains is an
+ * allocation from the stream-ordered pool and two asynchronous copies on the
+ * copy stream. */
 static int cuda_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
     cuda_backend *b = (cuda_backend *)base;
     const lp_model_config *c = b->cfg;
@@ -782,61 +822,41 @@ static int cuda_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp
     if (rc)
         return rc;
     slot_release(b, slot);
-    /* layout: per adapted (layer, module) A, Bt (bf16) and the DoRA scale */
-    arena lay = {NULL, 0};
-    for (int l = 0; l < c->n_layers; l++)
-        for (int m = 0; m < LP_MOD_COUNT; m++) {
-            const lp__lora_mod *md = lp__adapter_mod(a, l, m);
-            if (!md->rank)
-                continue;
-            size_t es = adapter_keeps_f32(md) ? 4 : 2;
-            arena_take(&lay, (size_t)md->rank * (size_t)md->A.cols * es);
-            arena_take(&lay, (size_t)md->rank * (size_t)md->B.rows * es);
-            if (md->dora_scale)
-                arena_take(&lay, (size_t)md->B.rows * 4);
-        }
     cu_slot *s = &b->slots[slot];
-    size_t bytes = lay.used ? lay.used : ALIGN;
-    if (cudaMallocHost(&s->host, bytes) != cudaSuccess) {
-        cudaGetLastError();
-        s->host = NULL;
-        return lp_error_set(err, LP_ERR_NOMEM, "%s: no pinned host memory for %zu MiB of adapter", a->dir,
-                            bytes >> 20);
+    const cu_staged *st = a->staged && a->staged_by == b ? (const cu_staged *)a->staged : NULL;
+    if (!st) {
+        if ((rc = staged_make(b, a, &s->tmp, err)))
+            return rc;
+        st = s->tmp;
     }
-    cudaError_t e = cudaMallocFromPoolAsync(&s->dev, bytes, b->pool, b->cp);
+    const lp_lora_layout *lay = &st->lay;
+    cudaError_t e = cudaMallocFromPoolAsync(&s->dev, lay->bytes, b->pool, b->cp);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        cudaFreeHost(s->host);
-        s->host = s->dev = NULL;
-        return lp_error_set(err, LP_ERR_NOMEM, "%s: no GPU memory for %zu MiB of adapter", a->dir, bytes >> 20);
+        staged_free(s->tmp);
+        s->tmp = NULL;
+        s->dev = NULL;
+        return lp_error_set(err, LP_ERR_NOMEM, "%s: no GPU memory for %zu MiB of adapter", a->dir,
+                            lay->bytes >> 20);
     }
-    arena hst = {(char *)s->host, 0}, dev = {(char *)s->dev, 0};
     size_t per = (size_t)c->n_layers * 7;
     lp_cu_lora_desc *desc = b->h_desc + (size_t)slot * per;
     memset(desc, 0, per * sizeof(*desc));
-    for (int l = 0; l < c->n_layers; l++)
-        for (int m = 0; m < LP_MOD_COUNT; m++) {
-            const lp__lora_mod *md = lp__adapter_mod(a, l, m);
-            if (!md->rank)
-                continue;
-            size_t an = (size_t)md->rank * (size_t)md->A.cols, bn = (size_t)md->rank * (size_t)md->B.rows;
-            bool f32 = adapter_keeps_f32(md);
-            size_t es = f32 ? 4 : 2;
-            adapter_rows(arena_take(&hst, an * es), f32, &md->A, false);
-            adapter_rows(arena_take(&hst, bn * es), f32, &md->B, true);
-            lp_cu_lora_desc *dd = &desc[(size_t)l * 7 + m];
-            dd->A = arena_take(&dev, an * es);
-            dd->Bt = arena_take(&dev, bn * es);
-            dd->scaling = md->scaling;
-            dd->rank = md->rank;
-            dd->f32 = f32;
-            if (md->dora_scale) {
-                s->dora = true;
-                memcpy(arena_take(&hst, (size_t)md->B.rows * 4), md->dora_scale, (size_t)md->B.rows * 4);
-                dd->dora = (const float *)arena_take(&dev, (size_t)md->B.rows * 4);
-            }
-        }
-    e = cudaMemcpyAsync(s->dev, s->host, bytes, cudaMemcpyHostToDevice, b->cp);
+    char *dev = (char *)s->dev;
+    for (size_t i = 0; i < per; i++) {
+        const lp_lora_piece *p = &lay->piece[i];
+        if (!p->rank)
+            continue;
+        lp_cu_lora_desc *dd = &desc[i];
+        dd->A = dev + p->a;
+        dd->Bt = dev + p->bt;
+        dd->dora = p->dora != LP_LORA_LAYOUT_NONE ? (const float *)(dev + p->dora) : NULL;
+        dd->scaling = p->scaling;
+        dd->rank = p->rank;
+        dd->f32 = p->f32;
+    }
+    s->dora = lay->dora;
+    e = cudaMemcpyAsync(s->dev, st->host, lay->bytes, cudaMemcpyHostToDevice, b->cp);
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(b->d_desc + (size_t)slot * per, desc, per * sizeof(*desc), cudaMemcpyHostToDevice, b->cp);
     if (e == cudaSuccess)
@@ -914,8 +934,8 @@ static void cuda_host_free(lp_backend *base, void *p) {
 }
 
 static const lp_backend_ops k_cuda_ops = {
-    "cuda",      cuda_free,   cuda_forward,    cuda_sample,   cuda_logits, cuda_adapter_load,
-    cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
+    "cuda",           cuda_free,          cuda_forward,        cuda_sample,     cuda_logits,
+    cuda_adapter_load, cuda_adapter_stage, cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
 };
 
 static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {
@@ -935,6 +955,7 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     const lp_backend_params *P = &b->base.params;
     int dev = 0, rc;
     CU(cudaGetDevice(&dev));
+    b->dev = dev;
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, dev));
     b->n_sm = prop.multiProcessorCount;

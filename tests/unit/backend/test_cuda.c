@@ -23,7 +23,10 @@
  *      log-sum-exp within 1e-5; lp_backend_logits returns the logits the
  *      forward copied out; bad specs are errors;
  *   e. bad adapter slots, slots not loaded and ranks over max_lora_rank are
- *      errors with a message, and the backend keeps working.
+ *      errors with a message, and the backend keeps working;
+ *   f. every adapter loaded after lp_backend_adapter_stage (the store's host
+ *      tier: one copy from pinned memory) gives the logits of the same
+ *      adapter loaded without it, bit for bit.
  * Without a CUDA device (or in a build without the CUDA backend) it prints
  * "no CUDA device: skipped" and exits 77, which CTest counts as skipped.
  * usage: test_cuda FIXTURE_DIR... (tests/data/conform/<family>) */
@@ -500,6 +503,37 @@ static void check_errors(const fixture *f, lp_backend *gpu) {
     printf("%-6s error paths: bad slots, unloaded slots and ranks over max_lora_rank refused\n", f->family);
 }
 
+/* ---- f: staged loads ----------------------------------------------------- */
+
+static void check_staging(const fixture *f, lp_backend *gpu) {
+    lp_error err = {0};
+    size_t V = (size_t)f->vocab;
+    float *plain = malloc(sizeof(float) * V), *staged = malloc(sizeof(float) * V);
+    int32_t blocks[BLOCKS_PER_SEQ] = {0, 1, 2, 3};
+    int same = 0;
+    for (int i = 1; i < f->n_tags; i++) {
+        lp_batch_row r = {.tokens = f->ref.prompts[0], .n_tokens = f->ref.prompt_len[0], .pos0 = 0,
+                          .blocks = blocks, .adapter = 0, .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+        lp_backend_adapter_unload(gpu, 0);
+        int ok = lp_backend_adapter_load(gpu, 0, f->ads[i], &err) == LP_OK &&
+                 lp_backend_forward(gpu, &r, 1, plain, &err) == LP_OK;
+        lp_backend_adapter_unload(gpu, 0);
+        ok = ok && lp_backend_adapter_stage(gpu, f->ads[i], &err) == LP_OK &&
+             lp_backend_adapter_stage(gpu, f->ads[i], &err) == LP_OK && /* twice: kept, not redone */
+             lp_backend_adapter_load(gpu, 0, f->ads[i], &err) == LP_OK &&
+             lp_backend_forward(gpu, &r, 1, staged, &err) == LP_OK;
+        CHECKF(ok, "%s %s: staged load: %s", f->family, f->tags[i], err.msg);
+        bool eq = ok && !memcmp(plain, staged, sizeof(float) * V);
+        CHECKF(!ok || eq, "%s %s: logits after a staged load differ from an unstaged one", f->family, f->tags[i]);
+        same += eq;
+    }
+    lp_backend_adapter_unload(gpu, 0); /* slot 0 is no tag's (tag 0 is the base) */
+    printf("%-6s staged loads: %d of %d adapters give the unstaged logits bit for bit\n", f->family, same,
+           f->n_tags - 1);
+    free(plain);
+    free(staged);
+}
+
 static void check_fixture(const char *dir) {
     fixture f;
     CHECKF(fixture_load(dir, &f) == 0, "%s: cannot load the fixture", dir);
@@ -514,6 +548,7 @@ static void check_fixture(const char *dir) {
         check_reference(&f, gpu, cpu);
         check_mixed_batch(&f, gpu, cpu);
         check_errors(&f, gpu);
+        check_staging(&f, gpu);
     }
     lp_backend_free(gpu);
     lp_backend_free(cpu);

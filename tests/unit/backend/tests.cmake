@@ -24,3 +24,10 @@ lp_add_unit_test(test_lora_groups
 lp_add_unit_test(test_sample
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_sample.c
   LABELS backend)
+
+# The device layout of adapters (src/backend/lora_layout.c) that the CUDA
+# backend stages in pinned memory and copies as is, checked without a GPU.
+lp_add_unit_test(test_lora_layout
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_lora_layout.c
+  ARGS ${LP_TEST_DATA}/conform/llama
+  LABELS backend)
