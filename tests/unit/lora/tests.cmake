@@ -11,3 +11,10 @@ lp_add_unit_test(test_task_eval
 lp_add_unit_test(test_merge
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_merge.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
   ARGS ${LP_MODELS} ${LP_TEST_DATA})
+
+# The adapter store's staging in device layout (lp_backend_adapter_stage): on
+# the loader thread, freed with the host tier, failures reported - with a
+# staging wrapper around the CPU backend, as CI has no GPU.
+lp_add_unit_test(test_store
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store.c
+  ARGS ${LP_MODELS})

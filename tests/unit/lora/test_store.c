@@ -1,0 +1,155 @@
+/* test_store.c - the adapter store's staging (lp_backend_adapter_stage), with
+ * the CPU backend wrapped by a backend that stages (as the CUDA backend
+ * does, which CI cannot run):
+ *   - an adapter brought into the host tier on demand is staged by the
+ *     loader thread, not the caller's, before any slot load sees it;
+ *   - an adapter registered through the API is staged on the caller's thread;
+ *   - evicting an adapter from the host tier frees its staged copy;
+ *   - a staging failure is the adapter's load error, with the backend's
+ *     message, and the store keeps working;
+ *   - every staged copy is freed exactly once by the time the store is.
+ * usage: test_store MODELS_DIR */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "lora/adapter-impl.h"
+#include "lora/store.h"
+#include "loraplex/model.h"
+#include "testlib.h"
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_staged, g_freed, g_loads, g_loads_staged;
+static pthread_t g_stage_thread;
+static const char *g_fail; /* stage fails for adapters whose directory contains this */
+static const lp_backend_ops *g_cpu;
+static lp_backend_ops g_ops;
+
+static void fake_free(void *p) {
+    pthread_mutex_lock(&g_mu);
+    g_freed++;
+    pthread_mutex_unlock(&g_mu);
+    free(p);
+}
+
+static int fake_stage(lp_backend *b, lp_adapter *a, lp_error *err) {
+    pthread_mutex_lock(&g_mu);
+    int rc = LP_OK;
+    if (g_fail && strstr(a->dir, g_fail)) {
+        rc = lp_error_set(err, LP_ERR_NOMEM, "%s: no pinned host memory (test)", a->dir);
+    } else if (!a->staged) {
+        a->staged = malloc(64);
+        a->staged_by = b;
+        a->staged_free = fake_free;
+        g_staged++;
+        g_stage_thread = pthread_self();
+    }
+    pthread_mutex_unlock(&g_mu);
+    return rc;
+}
+
+static int fake_load(lp_backend *b, int slot, const lp_adapter *a, lp_error *err) {
+    pthread_mutex_lock(&g_mu);
+    g_loads++;
+    g_loads_staged += a->staged != NULL && a->staged_by == b;
+    pthread_mutex_unlock(&g_mu);
+    return g_cpu->adapter_load(b, slot, a, err);
+}
+
+/* Acquire `name`, waiting out LP_ERR_BUSY (the loader at work) for up to 20 s. */
+static int acquire(lp_store *s, const char *name, void **h, lp_error *err) {
+    int slot = -1, rc = LP_ERR_BUSY;
+    for (int i = 0; i < 20000 && rc == LP_ERR_BUSY; i++) {
+        rc = lp_store_acquire(s, name, &slot, h, err);
+        if (rc == LP_ERR_BUSY)
+            usleep(1000);
+    }
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODELS_DIR\n", argv[0]);
+        return 2;
+    }
+    char path[4200], dir[4096];
+    lp_error err = {0};
+    lp_model *m = NULL;
+    snprintf(path, sizeof path, "%s/tinylm", argv[1]);
+    if (lp_model_load(path, &m, NULL, NULL, &err)) {
+        fprintf(stderr, "%s: %s\n", path, err.msg);
+        return 1;
+    }
+    lp_backend_params bp = lp_backend_default_params();
+    bp.n_kv_blocks = 8;
+    bp.max_adapters = 1;
+    bp.max_lora_rank = 64;
+    lp_backend *be = NULL;
+    CHECK(lp_backend_cpu_new(m, &bp, &be, &err) == LP_OK);
+    g_cpu = be->ops;
+    g_ops = *be->ops;
+    g_ops.adapter_stage = fake_stage;
+    g_ops.adapter_load = fake_load;
+    be->ops = &g_ops;
+
+    snprintf(dir, sizeof dir, "%s/tinylm-adapters", argv[1]);
+    lp_store_params sp = {.lora_dir = dir, .max_cpu_loras = 2, .max_loras = 1, .max_lora_rank = 64};
+    lp_store *s = NULL;
+    CHECKF(lp_store_new(m, be, &sp, &s, &err) == LP_OK, "store: %s", err.msg);
+    if (!s)
+        return lp_test_finish("test_store");
+    lp_store_scan(s); /* a directory is registered once two scans see it unchanged */
+    CHECK(lp_store_scan(s) >= 5);
+    pthread_t main_thread = pthread_self();
+
+    /* on demand: staged by the loader thread before the slot load */
+    void *h = NULL;
+    CHECKF(acquire(s, "math", &h, &err) == LP_OK, "math: %s", err.msg);
+    lp_store_release(s, h);
+    CHECK(g_staged == 1 && !pthread_equal(g_stage_thread, main_thread));
+    CHECKF(g_loads == 1 && g_loads_staged == 1, "slot loads %d, of staged adapters %d", g_loads, g_loads_staged);
+
+    /* a second adapter takes the only slot; both stay in the host tier */
+    CHECKF(acquire(s, "sort", &h, &err) == LP_OK, "sort: %s", err.msg);
+    lp_store_release(s, h);
+    CHECK(g_staged == 2 && g_freed == 0 && g_loads == 2 && g_loads_staged == 2);
+    /* back to the first: only a slot load, no new staging */
+    CHECKF(acquire(s, "math", &h, &err) == LP_OK, "math again: %s", err.msg);
+    lp_store_release(s, h);
+    CHECK(g_staged == 2 && g_loads == 3 && g_loads_staged == 3);
+
+    /* a third evicts the least recently used from the host tier: its copy goes */
+    CHECKF(acquire(s, "reverse", &h, &err) == LP_OK, "reverse: %s", err.msg);
+    lp_store_release(s, h);
+    CHECKF(g_staged == 3 && g_freed == 1, "staged %d, freed %d", g_staged, g_freed);
+
+    /* a staging failure is the adapter's load error, with the reason */
+    g_fail = "fortune-chat";
+    err.msg[0] = '\0';
+    int rc = acquire(s, "fortune-chat", &h, &err);
+    CHECKF(rc != LP_OK && rc != LP_ERR_BUSY && strstr(err.msg, "fortune-chat") &&
+               strstr(err.msg, "no pinned host memory (test)"),
+           "staging failure: rc %d, message '%s'", rc, err.msg);
+    g_fail = NULL;
+    CHECKF(acquire(s, "fortune-chat", &h, &err) == LP_OK, "fortune-chat after the failure: %s", err.msg);
+    lp_store_release(s, h);
+
+    /* registered through the API: staged on the caller's thread */
+    snprintf(path, sizeof path, "%s/math-bin", dir);
+    int before = g_staged;
+    CHECKF(lp_store_register(s, "extra", path, false, true, &err) == LP_OK, "register: %s", err.msg);
+    CHECK(g_staged == before + 1 && pthread_equal(g_stage_thread, main_thread));
+    CHECKF(acquire(s, "extra", &h, &err) == LP_OK, "extra: %s", err.msg);
+    lp_store_release(s, h);
+
+    lp_store_free(s);
+    CHECKF(g_freed == g_staged, "staged %d copies, freed %d", g_staged, g_freed);
+    printf("test_store: %d adapters staged, %d slot loads (all of staged adapters: %s), %d freed\n", g_staged,
+           g_loads, g_loads == g_loads_staged ? "yes" : "no", g_freed);
+    lp_backend_free(be);
+    lp_model_free(m);
+    return lp_test_finish("test_store");
+}
