@@ -32,6 +32,7 @@
 extern "C" {
 #include "backend/backend.h"
 #include "backend/common.h"
+#include "backend/hostpool.h"
 #include "backend/lora_layout.h"
 #include "lora/adapter-impl.h"
 #include "model/model-impl.h"
@@ -106,6 +107,7 @@ typedef struct cuda_backend {
     lp_cu_lora_desc *h_desc, *d_desc; /* (max_adapters, n_layers, 7) */
     cu_slot *slots;
     const lp_adapter **slot_ptrs;
+    lp_hostpool *pinned; /* staged adapters (one reference per staged copy) */
     /* CUDA graphs of decode calls (LORAPLEX_CUDA_GRAPHS=0 turns them off) */
     bool use_graphs;
     graph_entry graphs[N_GRAPHS];
@@ -716,25 +718,45 @@ static const float *cuda_logits(lp_backend *base, int first, int n, float *buf, 
 
 /* ---- device tier ---- */
 
-/* An adapter in device layout (lora_layout.h) in host memory: pinned, so the
- * copy runs at full speed without the host, or pageable when pinning fails
- * (the copy still works, staged by the driver). */
+/* An adapter in device layout (lora_layout.h) in host memory: pinned, from
+ * the backend's pool (a reference to which it holds, as it may outlive the
+ * backend), so the copy runs at full speed without the host; or pageable
+ * when no pinned memory can be had (the copy still works, staged by the
+ * driver). */
 typedef struct cu_staged {
     lp_lora_layout lay;
     void *host;
-    bool pinned;
+    lp_hostpool *pool; /* NULL: pageable */
 } cu_staged;
 
 static void staged_free(void *p) {
     cu_staged *st = (cu_staged *)p;
     if (!st)
         return;
-    if (st->pinned)
-        cudaFreeHost(st->host);
-    else
+    if (st->pool) {
+        lp_hostpool_free(st->pool, st->host);
+        lp_hostpool_release(st->pool);
+    } else {
         free(st->host);
+    }
     lp_lora_layout_free(&st->lay);
     free(st);
+}
+
+/* Chunks of the pinned pool: ctx is the device number. */
+#define PINNED_CHUNK ((size_t)64 << 20) /* small adapters share one; a larger one gets its own */
+static void *pinned_chunk_alloc(size_t bytes, void *ctx) {
+    void *p = NULL;
+    cudaSetDevice((int)(intptr_t)ctx);
+    if (cudaMallocHost(&p, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+static void pinned_chunk_free(void *p, void *ctx) {
+    cudaSetDevice((int)(intptr_t)ctx);
+    cudaFreeHost(p);
 }
 
 static int staged_make(cuda_backend *b, const lp_adapter *a, cu_staged **out, lp_error *err) {
@@ -747,11 +769,10 @@ static int staged_make(cuda_backend *b, const lp_adapter *a, cu_staged **out, lp
         free(st);
         return rc;
     }
-    cudaSetDevice(b->dev); /* the store's loader thread calls this too */
-    if (cudaMallocHost(&st->host, st->lay.bytes) == cudaSuccess) {
-        st->pinned = true;
+    if ((st->host = lp_hostpool_alloc(b->pinned, st->lay.bytes))) {
+        st->pool = b->pinned;
+        lp_hostpool_retain(st->pool);
     } else {
-        cudaGetLastError();
         LP_WARN("%s: no pinned host memory for %zu MiB of adapter: staging it in pageable memory (slower copies)",
                 a->dir, st->lay.bytes >> 20);
         st->host = aligned_alloc(LP_LORA_LAYOUT_ALIGN, st->lay.bytes);
@@ -915,6 +936,7 @@ static void cuda_free(lp_backend *base) {
     free(b->L);
     free(b->slots);
     free(b->slot_ptrs);
+    lp_hostpool_release(b->pinned); /* staged copies still alive keep it */
     free(b->cnt);
     free(b);
 }
@@ -978,6 +1000,10 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     BLAS(cublasSetWorkspace(b->blas, b->blas_ws, ws_bytes));
     const char *ge = getenv("LORAPLEX_CUDA_GRAPHS");
     b->use_graphs = !(ge && !strcmp(ge, "0"));
+    b->pinned = lp_hostpool_new(PINNED_CHUNK, LP_LORA_LAYOUT_ALIGN, pinned_chunk_alloc, pinned_chunk_free,
+                                (void *)(intptr_t)dev);
+    if (!b->pinned)
+        return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
     CU(cudaDeviceGetDefaultMemPool(&b->pool, dev));
     uint64_t keep = UINT64_MAX; /* freed adapter memory stays in the pool for the next load */
     CU(cudaMemPoolSetAttribute(b->pool, cudaMemPoolAttrReleaseThreshold, &keep));

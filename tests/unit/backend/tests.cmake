@@ -31,3 +31,9 @@ lp_add_unit_test(test_lora_layout
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_lora_layout.c
   ARGS ${LP_TEST_DATA}/conform/llama
   LABELS backend)
+
+# The pool of pinned chunks the CUDA backend stages adapters in
+# (src/backend/hostpool.c), with malloc'd chunks.
+lp_add_unit_test(test_hostpool
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_hostpool.c
+  LABELS backend)
