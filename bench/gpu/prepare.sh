@@ -4,6 +4,8 @@
 # device machine needs to run them into .devcarry/, which the device tool
 # carries (`carry: [".devcarry"]`):
 #   .devcarry/devcarry.tar.gz  bin/: loraplex, gpu_bench, test_cuda,
+#                              test_task_eval, test_conform_llama (the CPU
+#                              conformance test, for fixtures made there),
 #                              bench_lora_kernels (stripped; those that exist
 #                              and build); lib/: the shared libraries they load
 #                              that are not glibc, the GCC runtime or CUDA's
@@ -26,7 +28,7 @@ jobs=$(nproc)
 build="build-gpu"
 stage="$build/devcarry"
 carry=".devcarry"
-targets=(loraplex gpu_bench test_cuda test_task_eval bench_lora_kernels)
+targets=(loraplex gpu_bench test_cuda test_task_eval test_conform_llama bench_lora_kernels)
 required=(loraplex gpu_bench)
 
 # never committed: the build and the carried folder

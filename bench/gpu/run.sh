@@ -21,6 +21,10 @@
 #            $N_ADAPTERS rank-16 adapters on all 7 projections, and one adapter
 #            per rank in $MIXED_RANKS
 #   test     test_cuda on the conformance fixtures
+#   reference  Qwen3 and Mistral conformance fixtures made by torch +
+#            transformers + PEFT (tests/tools/make_conform.py), checked at once
+#            with test_conform (CPU backend) and test_cuda; they come back as
+#            $OUT/conform.tar.gz, to unpack into tests/data/conform/ and commit
 #   eval     the task evals on the GPU: test_task_eval (engine, mixed batches)
 #            and bench/gpu/serve-eval.sh (HTTP server, 24 concurrent clients)
 #   machine  gpu_bench machine: device, SMs, copy bandwidth
@@ -37,10 +41,11 @@
 #   kernels  bench_lora_kernels, when it was built
 # Files under $OUT (the device tool brings back at most 8): results.jsonl (every
 # JSON line of gpu_bench), logs.txt (every stage's output), summary.txt (the
-# table printed last).
+# table printed last), conform.tar.gz (stage reference).
 #
 # Knobs (environment): BUDGET=510 (seconds for everything; later stages get what
-# is left), STAGES=env,synth,test,machine,decode,ttft,kernels, PRESET=llama3-8b,
+# is left), STAGES=env,synth,test,reference,eval,machine,decode,hostlogits,
+# nographs,profile,ttft,kernels (and sanitize), PRESET=llama3-8b,
 # MODEL_DIR=/tmp/l3 (reused when already complete), BATCHES=1,32,128,256,
 # ISL=1000, OSL=200, STEPS=64, WARMUP=2, N_ADAPTERS=32, MIXED_RANKS="8 16 32 64",
 # MODES (default base,one,distinct:8,distinct:N,distinct:N-(N+3)), TRIALS=10,
@@ -55,7 +60,7 @@ t_start=$(date +%s)
 
 OUT=${OUT:-/tmp/loraplex-gpu-out}
 BUDGET=${BUDGET:-510}
-STAGES=${STAGES:-env,synth,test,eval,machine,decode,hostlogits,nographs,profile,ttft,kernels}
+STAGES=${STAGES:-env,synth,test,reference,eval,machine,decode,hostlogits,nographs,profile,ttft,kernels}
 PRESET=${PRESET:-llama3-8b}
 MODEL_DIR=${MODEL_DIR:-/tmp/l3}
 ADAPTER_ROOT=${ADAPTER_ROOT:-$MODEL_DIR-adapters}
@@ -219,6 +224,27 @@ if want test; then
   else
     say "test: SKIPPED (no .devcarry/bin/test_cuda)"
     note test "skipped (not built)" ""
+  fi
+fi
+
+# ---- reference: fixtures for the families the shared ones lack, made by the
+# reference stack this machine has (no torch where we build) ----
+if want reference; then
+  if python3 -c 'import torch, transformers, peft, safetensors' 2>/dev/null; then
+    for fam in qwen3 mistral; do
+      rm -rf "$OUT/conform/$fam"
+      stage "ref-$fam" 120 log python3 tests/tools/make_conform.py "$fam" "$OUT/conform/$fam"
+      if [ -x "$bin/test_conform_llama" ]; then
+        stage "conform-$fam" 60 log "$bin/test_conform_llama" "$OUT/conform/$fam"
+      fi
+    done
+    if [ -x "$bin/test_cuda" ]; then
+      stage test-ref 150 log "$bin/test_cuda" "$OUT/conform/qwen3" "$OUT/conform/mistral"
+    fi
+    (cd "$OUT" && tar czf conform.tar.gz conform && rm -rf conform)
+  else
+    say "reference: SKIPPED (no torch, transformers, peft and safetensors for python3)"
+    note reference "skipped (no torch/transformers/peft)" ""
   fi
 fi
 
