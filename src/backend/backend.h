@@ -59,6 +59,8 @@ typedef struct lp_sample_spec {
                              log-softmax normaliser and that many top logprobs */
     const lp_logit_adjust *adj; /* n_adj entries, distinct ids */
     int32_t n_adj;
+    int32_t probe;        /* a token id whose raw logit comes back as probe_raw (the
+                             logprob of a prompt token: probe_raw - raw_lse) */
 } lp_sample_spec;
 
 typedef struct lp_candidate {
@@ -82,6 +84,7 @@ typedef struct lp_sample_result {
     float max;      /* the largest adjusted logit (= cand[0].logit) */
     double total;   /* sum over the vocabulary of expf((adjusted - max) / T); 0 when T <= 0 */
     double raw_lse; /* log-sum-exp of the raw logits (n_logprobs >= 0) */
+    float probe_raw; /* the raw logit of spec.probe */
 } lp_sample_result;
 
 typedef struct lp_backend_params {
@@ -106,7 +109,7 @@ size_t lp_sample_scratch_bytes(int vocab);
 void lp_sample_host(const float *raw, int vocab, const lp_sample_spec *spec, void *scratch,
                     lp_sample_result *out);
 /* Specs within limits: rows below n_rows, 1 <= n_cand <= max_cand, n_logprobs
- * in -1..LP_SAMPLE_MAX_LOGPROBS, adjusted ids in the vocabulary. */
+ * in -1..LP_SAMPLE_MAX_LOGPROBS, adjusted and probed ids in the vocabulary. */
 int lp_sample_check(const lp_sample_spec *specs, int n_specs, int64_t n_rows, int vocab, int max_cand,
                     lp_error *err);
 /* Rows [first, first + n) within the n_rows of the last forward. */

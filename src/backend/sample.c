@@ -29,6 +29,9 @@ int lp_sample_check(const lp_sample_spec *specs, int n_specs, int64_t n_rows, in
         if (s->n_logprobs < -1 || s->n_logprobs > LP_SAMPLE_MAX_LOGPROBS)
             return lp_error_set(err, LP_ERR_INVALID, "sample: %d top logprobs asked (-1..%d)", s->n_logprobs,
                                 LP_SAMPLE_MAX_LOGPROBS);
+        if (s->probe < 0 || s->probe >= vocab)
+            return lp_error_set(err, LP_ERR_INVALID, "sample: probed token id %d is out of range [0, %d)", s->probe,
+                                vocab);
         if (s->n_adj < 0 || (s->n_adj > 0 && !s->adj))
             return lp_error_set(err, LP_ERR_INVALID, "sample: bad adjustment list");
         for (int j = 0; j < s->n_adj; j++)
@@ -107,6 +110,7 @@ void lp_sample_host(const float *raw, int vocab, const lp_sample_spec *sp, void 
     }
     out->n_cand = n;
     out->max = v[lp_sel_id(keys[0])];
+    out->probe_raw = raw[sp->probe];
     out->total = 0.0;
     if (sp->temperature > 0.0f) {
         double sum = 0.0;

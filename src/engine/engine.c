@@ -45,16 +45,20 @@ struct lp_engine {
     int n_waiting, n_running;
     uint64_t next_id;
     lp_sampler *sampler;
-    float *logits;           /* (max_logit_rows, vocab) rows fetched from the backend */
+    float *logits;           /* (vocab) a row fetched from the backend (a draw past the candidates) */
     lp_batch_row *rows;      /* (max_num_seqs) */
     seq **row_seq;           /* (max_num_seqs) */
-    /* sampling: one spec per row that samples this step (lp_backend_sample) */
-    lp_sample_spec *specs;   /* (max_num_seqs) */
-    lp_sample_result *res;   /* (max_num_seqs) */
-    int *spec_seq;           /* (max_num_seqs) index into rows/row_seq */
-    size_t *adj_off;         /* (max_num_seqs) start of each spec's adjustments */
-    lp_candidate *cand;      /* (max_num_seqs, LP_SAMPLE_MAX_CAND) */
-    lp_token_logprob *ltop;  /* (max_num_seqs, LP_SAMPLE_MAX_LOGPROBS) */
+    /* one lp_backend_sample per step: a spec per row that samples and one
+     * per prompt position whose logprob is reported (at most one per logit
+     * row, so max_logit_rows of them) */
+    lp_sample_spec *specs;   /* (max_logit_rows) */
+    lp_sample_result *res;   /* (max_logit_rows) */
+    int *spec_seq;           /* (max_logit_rows) index into rows/row_seq */
+    int *spec_next;          /* (max_logit_rows) prompt token index of a prompt spec, -1: a sampling spec */
+    size_t *adj_off;         /* (max_logit_rows) start of each spec's adjustments */
+    lp_candidate *cand;      /* (max_num_seqs x LP_SAMPLE_MAX_CAND + max_logit_rows): a sampling spec
+                                takes LP_SAMPLE_MAX_CAND, a prompt spec 1 */
+    lp_token_logprob *ltop;  /* (max_logit_rows, LP_SAMPLE_MAX_LOGPROBS) */
     lp_logit_adjust *adj;    /* the step's adjustments, grown as needed */
     size_t adj_cap;
     lp_token_logprob top[LP_MAX_TOP_LOGPROBS];
@@ -119,20 +123,21 @@ int lp_engine_new(lp_backend *backend, const lp_engine_params *params, lp_engine
     e->kv = lp_kvpool_new(bp->n_kv_blocks, bp->block_size);
     e->max_logit_rows = bp->max_logit_rows;
     size_t lbytes = 0;
-    if (lp__mul_size((size_t)e->max_logit_rows * (size_t)e->vocab, sizeof(float), &lbytes))
+    if (lp__mul_size((size_t)e->vocab, sizeof(float), &lbytes))
         e->logits = lp_backend_host_alloc(backend, lbytes);
     e->rows = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(lp_batch_row));
     e->row_seq = lp__calloc_array((size_t)e->p.max_num_seqs, sizeof(seq *));
     e->sampler = lp_sampler_new(e->vocab);
-    size_t ns = (size_t)e->p.max_num_seqs;
+    size_t ns = (size_t)e->max_logit_rows;
     e->specs = lp__calloc_array(ns, sizeof(lp_sample_spec));
     e->res = lp__calloc_array(ns, sizeof(lp_sample_result));
     e->spec_seq = lp__calloc_array(ns, sizeof(int));
+    e->spec_next = lp__calloc_array(ns, sizeof(int));
     e->adj_off = lp__calloc_array(ns, sizeof(size_t));
-    e->cand = lp__calloc_array(ns * LP_SAMPLE_MAX_CAND, sizeof(lp_candidate));
+    e->cand = lp__calloc_array((size_t)e->p.max_num_seqs * LP_SAMPLE_MAX_CAND + ns, sizeof(lp_candidate));
     e->ltop = lp__calloc_array(ns * LP_SAMPLE_MAX_LOGPROBS, sizeof(lp_token_logprob));
     if (!e->kv || !e->logits || !e->rows || !e->row_seq || !e->sampler || !e->specs || !e->res || !e->spec_seq ||
-        !e->adj_off || !e->cand || !e->ltop) {
+        !e->spec_next || !e->adj_off || !e->cand || !e->ltop) {
         lp_engine_free(e);
         return lp_error_set(err, LP_ERR_NOMEM, "engine: out of memory");
     }
@@ -220,6 +225,7 @@ void lp_engine_free(lp_engine *e) {
     free(e->specs);
     free(e->res);
     free(e->spec_seq);
+    free(e->spec_next);
     free(e->adj_off);
     free(e->cand);
     free(e->ltop);
@@ -498,7 +504,7 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         return rc;
     }
     int li = 0, ns = 0;
-    size_t n_adj = 0;
+    size_t n_adj = 0, n_cand = 0;
     for (int i = 0; i < n_rows; i++) {
         seq *s = e->row_seq[i];
         const lp_batch_row *row = &e->rows[i];
@@ -507,27 +513,23 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         if (row->logits == LP_LOGITS_NONE)
             continue;
         if (row->logits == LP_LOGITS_ALL) {
-            /* position p's logits give the logprob of prompt token p + 1 */
-            const float *lg = lp_backend_logits(e->be, li, row->n_tokens, e->logits, err);
-            li += row->n_tokens;
-            if (!lg) {
-                emit_finish(s, LP_FINISH_ERROR, err ? err->msg : "backend failure");
-                finish_seq(e, s);
-                continue;
-            }
+            /* position q's logits give the logprob of prompt token pos0 + q + 1:
+             * a spec that probes that token (and asks for the top k) */
             int k = s->req.logprobs > 0 ? s->req.logprobs : 0;
             for (int q = 0; q < row->n_tokens; q++) {
                 int next = row->pos0 + q + 1;
-                if (next < s->n_prompt && next >= s->prompt_lp_next) {
-                    const float *pl = lg + (size_t)q * (size_t)e->vocab;
-                    lp_token_event pe = {.req_id = s->id, .token = s->tokens[next], .prompt = true, .top = e->top,
-                                         .n_top = k, .n_prompt = s->n_prompt};
-                    pe.logprob = lp_logprobs(pl, e->vocab, s->tokens[next], k, e->top);
-                    s->prompt_lp_next = next + 1;
-                    if (s->req.cb)
-                        s->req.cb(s->req.ud, &pe);
-                }
+                if (next >= s->n_prompt || next < s->prompt_lp_next)
+                    continue;
+                e->specs[ns] = (lp_sample_spec){.row = li + q, .n_cand = 1, .n_logprobs = k, .probe = s->tokens[next]};
+                e->res[ns] = (lp_sample_result){.cand = e->cand + n_cand,
+                                                .top = e->ltop + (size_t)ns * LP_SAMPLE_MAX_LOGPROBS};
+                n_cand += 1;
+                e->adj_off[ns] = n_adj;
+                e->spec_next[ns] = next;
+                e->spec_seq[ns++] = i;
+                s->prompt_lp_next = next + 1;
             }
+            li += row->n_tokens;
             if (s->n_computed < s->n_tokens)
                 continue; /* a prefill chunk that does not end the prompt */
             li--;         /* the last position's logits also give the next token */
@@ -540,6 +542,8 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
             lp_logit_adjust *na = realloc(e->adj, cap * sizeof *na);
             if (!na) {
                 li++;
+                while (ns > 0 && e->spec_seq[ns - 1] == i)
+                    ns--; /* its prompt specs go with it */
                 emit_finish(s, LP_FINISH_ERROR, "out of memory");
                 finish_seq(e, s);
                 continue;
@@ -552,15 +556,19 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         e->adj_off[ns] = n_adj;
         e->specs[ns] = (lp_sample_spec){.row = li++, .n_cand = lp_sampler_n_cand(sp, e->vocab),
                                         .temperature = sp->temperature, .n_logprobs = s->req.logprobs, .n_adj = m};
-        e->res[ns] = (lp_sample_result){.cand = e->cand + (size_t)ns * LP_SAMPLE_MAX_CAND,
+        e->res[ns] = (lp_sample_result){.cand = e->cand + n_cand,
                                         .top = e->ltop + (size_t)ns * LP_SAMPLE_MAX_LOGPROBS};
+        n_cand += LP_SAMPLE_MAX_CAND;
+        e->spec_next[ns] = -1;
         e->spec_seq[ns++] = i;
         n_adj += (size_t)m;
     }
     for (int j = 0; j < ns; j++) /* the arena has stopped moving */
-        e->specs[j].adj = e->adj + e->adj_off[j];
+        e->specs[j].adj = e->specs[j].n_adj ? e->adj + e->adj_off[j] : NULL;
     if (ns && (rc = lp_backend_sample(e->be, e->specs, ns, e->res, err))) {
         for (int j = 0; j < ns; j++) {
+            if (j > 0 && e->spec_seq[j] == e->spec_seq[j - 1])
+                continue; /* a row's specs are consecutive: fail it once */
             emit_finish(e->row_seq[e->spec_seq[j]], LP_FINISH_ERROR, err ? err->msg : "backend failure");
             finish_seq(e, e->row_seq[e->spec_seq[j]]);
         }
@@ -570,6 +578,14 @@ int lp_engine_step(lp_engine *e, lp_error *err) {
         seq *s = e->row_seq[e->spec_seq[j]];
         const lp_sample_spec *spec = &e->specs[j];
         const lp_sample_result *r = &e->res[j];
+        if (e->spec_next[j] >= 0) { /* a prompt token's logprob */
+            lp_token_event pe = {.req_id = s->id, .token = spec->probe, .prompt = true, .top = r->top,
+                                 .n_top = spec->n_logprobs, .n_prompt = s->n_prompt};
+            pe.logprob = (float)((double)r->probe_raw - r->raw_lse);
+            if (s->req.cb)
+                s->req.cb(s->req.ud, &pe);
+            continue;
+        }
         const lp_sampling_params *sp = &s->req.sampling;
         double u = sp->temperature > 0.0f ? lp_rng_uniform(&s->rng) : 0.0;
         int ci = lp_sampler_choose(sp, u, r, e->vocab);

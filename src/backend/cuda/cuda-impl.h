@@ -165,13 +165,13 @@ cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias
 /* ---- sampling (sample.cu): the backend's lp_backend_sample ---- */
 /* One spec as the kernels read it: its adjustments at adj[adj_off ..). */
 typedef struct lp_cu_sample_spec {
-    int32_t row, k, n_logprobs, n_adj, adj_off;
+    int32_t row, k, n_logprobs, n_adj, adj_off, probe;
     float T;
 } lp_cu_sample_spec;
 /* What comes back per spec (the candidate and logprob types of backend.h). */
 typedef struct lp_cu_sample_out {
     double total, raw_lse;
-    float max;
+    float max, probe_raw;
     int32_t n_cand;
     lp_candidate cand[LP_SAMPLE_MAX_CAND];
     lp_token_logprob top[LP_SAMPLE_MAX_LOGPROBS];

@@ -667,8 +667,8 @@ static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_spec
         n_adj = 0;
         for (int i = 0; i < n; i++) {
             const lp_sample_spec *sp = &specs[c0 + i];
-            b->h_sspec[i] = (lp_cu_sample_spec){sp->row, sp->n_cand, sp->n_logprobs, sp->n_adj, (int32_t)n_adj,
-                                                sp->temperature};
+            b->h_sspec[i] = (lp_cu_sample_spec){sp->row,          sp->n_cand, sp->n_logprobs, sp->n_adj,
+                                                (int32_t)n_adj, sp->probe, sp->temperature};
             if (sp->n_adj)
                 memcpy(b->h_sadj + n_adj, sp->adj, (size_t)sp->n_adj * sizeof(lp_logit_adjust));
             n_adj += (size_t)sp->n_adj;
@@ -687,6 +687,7 @@ static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_spec
             lp_sample_result *r = &out[c0 + i];
             r->n_cand = o->n_cand;
             r->max = o->max;
+            r->probe_raw = o->probe_raw;
             r->total = o->total;
             memcpy(r->cand, o->cand, (size_t)o->n_cand * sizeof(lp_candidate));
             if (sp->n_logprobs >= 0) {

@@ -79,6 +79,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         float mx = lp_sel_value(s[0]);
         if (pass == 0) {
             o->max = mx;
+            o->probe_raw = row[sp.probe];
             o->n_cand = n;
             o->total = T > 0.0f ? lp_sel_total(st, st + n_tiles, n_tiles, mx, T) : 0.0;
         } else {

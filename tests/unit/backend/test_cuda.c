@@ -18,8 +18,9 @@
  *      GPU running it alone;
  *   d. sampling on the GPU (lp_backend_sample over the mixed batch's logits,
  *      left on the GPU): 600 specs with random candidate counts, temperatures,
- *      adjustments and logprobs give the host implementation's candidates bit
- *      for bit (ids, adjusted and raw logits, max), totals within 1e-5,
+ *      adjustments, logprobs and probed tokens give the host implementation's
+ *      candidates bit for bit (ids, adjusted and raw logits, max, the probed
+ *      token's raw logit), totals within 1e-5,
  *      log-sum-exp within 1e-5; lp_backend_logits returns the logits the
  *      forward copied out; bad specs are errors;
  *   e. bad adapter slots, slots not loaded and ranks over max_lora_rank are
@@ -398,7 +399,7 @@ static void check_sampling(const fixture *f, lp_backend *gpu, const float *logit
         float ts[] = {0.0f, 0.5f, 1.0f, 2.0f};
         sp[i] = (lp_sample_spec){.row = (int32_t)(NEXT() % (unsigned)n_rows), .n_cand = ks[i % 4],
                                  .temperature = ts[(i / 4) % 4], .n_logprobs = (int)(NEXT() % 22) - 1,
-                                 .adj = adj + i * MAX_ADJ, .n_adj = n_adj};
+                                 .adj = adj + i * MAX_ADJ, .n_adj = n_adj, .probe = (int32_t)(NEXT() % (unsigned)V)};
         gr[i] = (lp_sample_result){.cand = gc + (size_t)i * LP_SAMPLE_MAX_CAND,
                                    .top = gt + (size_t)i * LP_SAMPLE_MAX_LOGPROBS};
     }
@@ -411,7 +412,7 @@ static void check_sampling(const fixture *f, lp_backend *gpu, const float *logit
     for (int i = 0; rc == 0 && i < N_SPECS; i++) {
         lp_sample_result hr = {.cand = hc, .top = ht};
         lp_sample_host(logits + (size_t)sp[i].row * (size_t)V, V, &sp[i], scratch, &hr);
-        bad_cand += gr[i].n_cand != hr.n_cand || gr[i].max != hr.max ||
+        bad_cand += gr[i].n_cand != hr.n_cand || gr[i].max != hr.max || gr[i].probe_raw != hr.probe_raw ||
                     memcmp(gr[i].cand, hc, sizeof(lp_candidate) * (size_t)hr.n_cand) != 0;
         double et = hr.total > 0 ? fabs(gr[i].total - hr.total) / hr.total : fabs(gr[i].total);
         worst_total = et > worst_total ? et : worst_total;

@@ -111,9 +111,11 @@ static void test_host(void) {
         int n_adj = random_adj(adj, V, it % 2 ? 40 : 0);
         int ks[] = {1, 2, 7, 40, 256};
         lp_sample_spec sp = {.row = 0, .n_cand = ks[it % 5], .temperature = it % 4 ? 0.7f : 0.0f,
-                             .n_logprobs = it % 3 ? (int)(rnd() % 21) : -1, .adj = adj, .n_adj = n_adj};
+                             .n_logprobs = it % 3 ? (int)(rnd() % 21) : -1, .adj = adj, .n_adj = n_adj,
+                             .probe = (int32_t)(rnd() % V)};
         lp_sample_result r = {.cand = cand, .top = top};
         lp_sample_host(raw, V, &sp, scratch, &r);
+        bad += r.probe_raw != raw[sp.probe]; /* raw, whatever the adjustments */
         memcpy(adjv, raw, sizeof raw);
         for (int i = 0; i < n_adj; i++) {
             float l = raw[adj[i].id];
@@ -378,6 +380,11 @@ static void test_check(void) {
     s.adj = &bad_adj;
     s.n_adj = 1;
     CHECK(lp_sample_check(&s, 1, 1, 10, 256, &err) == LP_ERR_INVALID && strstr(err.msg, "token id 50"));
+    s = ok;
+    s.probe = 10;
+    CHECK(lp_sample_check(&s, 1, 1, 10, 256, &err) == LP_ERR_INVALID && strstr(err.msg, "probed token id 10"));
+    s.probe = -1;
+    CHECK(lp_sample_check(&s, 1, 1, 10, 256, &err) == LP_ERR_INVALID && strstr(err.msg, "probed"));
 }
 
 int main(void) {

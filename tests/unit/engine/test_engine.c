@@ -20,6 +20,8 @@ typedef struct out {
     lp_finish_reason fin;
     float plp[128];   /* prompt logprobs (prompt_logprobs) */
     int32_t ptok[128];
+    lp_token_logprob ptop[128][2]; /* their top 2 */
+    int pntop[128];
     int np;
 } out;
 
@@ -28,6 +30,9 @@ static void cb(void *ud, const lp_token_event *ev) {
     if (ev->prompt) {
         if (o->np < 128) {
             o->ptok[o->np] = ev->token;
+            o->pntop[o->np] = ev->n_top;
+            for (int i = 0; i < ev->n_top && i < 2; i++)
+                o->ptop[o->np][i] = ev->top[i];
             o->plp[o->np++] = ev->logprob;
         }
         return;
@@ -293,7 +298,34 @@ int main(int argc, char **argv) {
         CHECKF(eq, "prompt logprobs differ between one step and many");
         CHECK(big.n == 4 && small.n == 4 && same(&big, &small));
         (void)gen;
-        printf("prompt logprobs: %d tokens, identical in 1 and many steps\n", big.np);
+        /* against the host formula over the full logits of one plain forward
+         * (the engine gets them from lp_backend_sample's probe and top k,
+         * never the logits; on the CPU backend the same arithmetic: bit for bit) */
+        lp_backend_params rp = lp_backend_default_params();
+        rp.n_kv_blocks = 8;
+        rp.max_logit_rows = 64;
+        lp_backend *rb = NULL;
+        CHECK(lp_backend_cpu_new(g_m, &rp, &rb, &err) == LP_OK);
+        int vocab = lp_model_get_config(g_m)->vocab;
+        float *lg = malloc(sizeof(float) * (size_t)vocab * 60);
+        int32_t blocks[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+        lp_batch_row row = {.tokens = g_prompts[3], .n_tokens = 60, .pos0 = 0, .blocks = blocks, .adapter = -1,
+                            .adapter_scale = 1.0f, .logits = LP_LOGITS_ALL};
+        int bit = 0;
+        if (rb && lg && lp_backend_forward(rb, &row, 1, lg, &err) == LP_OK) {
+            for (int i = 0; i < big.np && i < 59; i++) {
+                lp_token_logprob top[2];
+                float want = lp_logprobs(lg + (size_t)i * (size_t)vocab, vocab, g_prompts[3][i + 1], 2, top);
+                bool ok = big.plp[i] == want && big.pntop[i] == 2;
+                for (int t = 0; ok && t < 2; t++)
+                    ok = big.ptop[i][t].id == top[t].id && big.ptop[i][t].logprob == top[t].logprob;
+                bit += ok;
+            }
+        }
+        CHECKF(bit == 59, "prompt logprobs and their top 2 equal to the host formula at %d of 59 positions", bit);
+        free(lg);
+        lp_backend_free(rb);
+        printf("prompt logprobs: %d tokens, identical in 1 and many steps and to the host formula\n", big.np);
     }
     lp_adapter_free(g_ad);
     lp_model_free(g_m);
