@@ -667,8 +667,9 @@ static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_spec
         n_adj = 0;
         for (int i = 0; i < n; i++) {
             const lp_sample_spec *sp = &specs[c0 + i];
-            b->h_sspec[i] = (lp_cu_sample_spec){sp->row,          sp->n_cand, sp->n_logprobs, sp->n_adj,
-                                                (int32_t)n_adj, sp->probe, sp->temperature};
+            lp_cu_sample_spec cs = {sp->row, sp->n_cand, sp->n_logprobs, sp->n_adj, (int32_t)n_adj, sp->probe,
+                                    sp->temperature};
+            b->h_sspec[i] = cs;
             if (sp->n_adj)
                 memcpy(b->h_sadj + n_adj, sp->adj, (size_t)sp->n_adj * sizeof(lp_logit_adjust));
             n_adj += (size_t)sp->n_adj;
@@ -957,8 +958,16 @@ static void cuda_host_free(lp_backend *base, void *p) {
 }
 
 static const lp_backend_ops k_cuda_ops = {
-    "cuda",           cuda_free,          cuda_forward,        cuda_sample,     cuda_logits,
-    cuda_adapter_load, cuda_adapter_stage, cuda_adapter_unload, cuda_host_alloc, cuda_host_free,
+    "cuda",
+    cuda_free,
+    cuda_forward,
+    cuda_sample,
+    cuda_logits,
+    cuda_adapter_load,
+    cuda_adapter_stage,
+    cuda_adapter_unload,
+    cuda_host_alloc,
+    cuda_host_free,
 };
 
 static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {
