@@ -140,13 +140,22 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
 /* Paged attention for every token (prefill and decode alike): causal over
  * the token's own sequence, GQA, optional sliding window, split along the
  * sequence in `splits` equal parts per token (partials in part, combined by a
- * second kernel). */
+ * second kernel). Two kernels: `few` (a call of a few decode tokens, whose
+ * blocks alone cannot fill the GPU) takes a warp per position group with
+ * every lane on a slice of the head dimension and many short splits - the
+ * least latency per token; otherwise lanes own positions for the scores,
+ * which sustains the KV read rate over many rows. */
 /* Most parts one token's attention range is split into. */
 #define LP_CU_ATT_MAX_SPLITS 32
 /* Query heads of one KV head an attention block handles (more: more blocks). */
 #define LP_CU_ATT_HEADS 4
+/* Least positions per split: the `few` kernel reads 32 per round of its 8
+ * warps, the other kernel a 32-position tile per warp. */
+#define LP_CU_ATT_SPLIT_MIN_FEW 32
+#define LP_CU_ATT_SPLIT_MIN 128
 typedef struct lp_cu_attn {
     int H, KVH, hd, bs, layer, window, splits;
+    int few; /* the kernel for a few tokens (see above) */
     size_t block_elems;
     float scale;
     float *part;  /* (T, H, splits, hd + 2) fp32 when splits > 1 */

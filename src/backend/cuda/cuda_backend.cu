@@ -65,6 +65,7 @@ typedef struct cu_slot {
 typedef struct call_shape {
     int64_t T, nl, n_items, n_lora_items; /* LoRA tiles: all, of adapter rows */
     int splits;
+    bool few;        /* attention: the kernel for a few decode tokens */
     bool lora, dora; /* rows with adapters; with DoRA adapters */
 } call_shape;
 
@@ -458,7 +459,7 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     lp_cu_mods m_down = {1, {LP_MOD_DOWN}, {D}, {0}};
     lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL,
                        c->rms_eps};
-    lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd, bs, 0, c->sliding_window, cs->splits, b->block_elems,
+    lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd,   bs, 0, c->sliding_window, cs->splits, cs->few, b->block_elems,
                      1.0f / sqrtf((float)hd), b->part, NULL};
 
     const float *yl = lora_delta(b, cs);
@@ -610,12 +611,15 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         lp__lora_group_fill(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg, h + ml.perm, h + ml.items);
     CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
 
-    /* attention split along the sequence when the batch alone leaves SMs idle */
+    /* attention split along the sequence when the batch alone leaves SMs
+     * idle, aiming at 4 blocks per SM; a call whose blocks cannot fill the
+     * SMs even once takes the kernel for a few tokens, with shorter splits */
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
-    int splits = 1;
-    if (T * yg < 4 * b->n_sm && max_len > 128) { /* aim at 4 blocks per SM, >= 128 positions each */
+    bool few = decode && T * yg < b->n_sm;
+    int split_min = few ? LP_CU_ATT_SPLIT_MIN_FEW : LP_CU_ATT_SPLIT_MIN, splits = 1;
+    if (T * yg < 4 * b->n_sm && max_len > split_min) {
         int64_t want = (4 * b->n_sm + T * yg - 1) / (T * yg);
-        splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + 127) / 128);
+        splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + split_min - 1) / split_min);
         splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / T);
         if (splits < 1)
             splits = 1;
@@ -627,6 +631,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     cs.n_items = n_items;
     cs.n_lora_items = n_lora_items;
     cs.splits = splits;
+    cs.few = few;
     cs.lora = n_lora > 0;
     for (int i = 0; i < n_rows; i++)
         cs.dora |= rows[i].adapter >= 0 && b->slots[rows[i].adapter].dora;

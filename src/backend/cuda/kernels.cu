@@ -218,6 +218,85 @@ __device__ __forceinline__ void load_elems(const KT *p, int d0, int hd, float *o
     }
 }
 
+/* What a block of either attention kernel works on: token t, KV head g and
+ * its query heads h0 .. h0+ng, positions [lo, hi) of split `split` (each
+ * token cuts its own range into equal parts: the launch depends on no
+ * per-call length, so decode steps replay one CUDA graph), block table bt. */
+typedef struct att_block {
+    int t, split, g, h0, ng, lo, hi;
+    const int32_t *bt;
+} att_block;
+
+__device__ __forceinline__ att_block att_block_of(const lp_cu_attn &a, const lp_cu_toks &tk) {
+    att_block B;
+    B.t = blockIdx.x;
+    B.split = blockIdx.z;
+    int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    int hc = blockIdx.y % hchunks;
+    B.g = blockIdx.y / hchunks;
+    B.h0 = B.g * group + hc * ATT_MAXG;
+    B.ng = min(ATT_MAXG, group - hc * ATT_MAXG);
+    int pos = tk.pos[B.t];
+    int start = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
+    int len = pos + 1 - start, chunk = (len + a.splits - 1) / a.splits;
+    B.lo = start + B.split * chunk;
+    B.hi = min(pos + 1, B.lo + chunk);
+    B.bt = tk.blocks + tk.blkoff[B.t];
+    return B;
+}
+
+/* The end of both attention kernels: each warp's online softmax of the
+ * block's heads (m, l summed over the warp, and the lane's acc slice) goes
+ * to shared memory; the warps are merged, and the output (with no split) or
+ * the split's partial (O, max, sum) written. */
+template <typename OT, int ND>
+__device__ __forceinline__ void attention_finish(const float (&m)[ATT_MAXG], const float (&l)[ATT_MAXG],
+                                                 const float (&acc)[ATT_MAXG][ND], float (*sm_m)[ATT_MAXG],
+                                                 float (*sm_l)[ATT_MAXG], float (*sm_acc)[ATT_MAXG][ND * 32], OT *out,
+                                                 const lp_cu_attn &a, int t, int h0, int ng, int split) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = a.hd;
+#pragma unroll
+    for (int j = 0; j < ATT_MAXG; j++) {
+        if (lane == 0) {
+            sm_m[warp][j] = m[j];
+            sm_l[warp][j] = l[j];
+        }
+#pragma unroll
+        for (int i = 0; i < ND; i++)
+            sm_acc[warp][j][lane * ND + i] = acc[j][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < ng * hd; e += blockDim.x) {
+        int j = e / hd, d = e % hd;
+        float M = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; w++)
+            M = fmaxf(M, sm_m[w][j]);
+        float L = 0.0f, O = 0.0f;
+        if (M != -INFINITY)
+            for (int w = 0; w < ATT_WARPS; w++) {
+                if (sm_m[w][j] == -INFINITY)
+                    continue;
+                float f = expf(sm_m[w][j] - M);
+                L += sm_l[w][j] * f;
+                O += sm_acc[w][j][d] * f;
+            }
+        int h = h0 + j;
+        if (a.splits == 1) {
+            size_t o = (size_t)t * a.H * hd + (size_t)h * hd + d;
+            out[o] = lp_to<OT>(O / L);
+            if (a.out32)
+                a.out32[o] = O / L;
+        } else {
+            float *pp = a.part + (((size_t)t * a.H + h) * a.splits + split) * (hd + 2);
+            pp[d] = O;
+            if (d == 0) {
+                pp[hd] = M;
+                pp[hd + 1] = L;
+            }
+        }
+    }
+}
+
 /* Each warp takes tiles of 32 consecutive positions. Scores: lane i owns
  * position tile+i, reads its whole K row (16-byte loads) and dots it with the
  * block's query heads from shared memory - no cross-lane sums per position.
@@ -231,18 +310,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXG][ND * 32];
     __shared__ float sq[ATT_MAXG][ND * 32];
     __shared__ float sp[ATT_WARPS][ATT_MAXG][32];
-    int t = blockIdx.x, split = blockIdx.z, hd = a.hd;
-    int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
-    int g = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
-    int h0 = g * group + hc * ATT_MAXG, ng = min(ATT_MAXG, group - hc * ATT_MAXG);
+    att_block B = att_block_of(a, tk);
+    int t = B.t, split = B.split, g = B.g, h0 = B.h0, ng = B.ng, lo = B.lo, hi = B.hi, hd = a.hd;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, qdim = a.H * hd;
-    int pos = tk.pos[t];
-    int start = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
-    /* each token cuts its own range into equal parts: the launch depends on
-     * no per-call length, so decode steps replay one CUDA graph */
-    int len = pos + 1 - start, chunk = (len + a.splits - 1) / a.splits;
-    int lo = start + split * chunk, hi = min(pos + 1, lo + chunk);
-    const int32_t *bt = tk.blocks + tk.blkoff[t];
+    const int32_t *bt = B.bt;
     for (int e = threadIdx.x; e < ATT_MAXG * ND * 32; e += blockDim.x) {
         int j = e / (ND * 32), d = e % (ND * 32);
         sq[j][d] = j < ng && d < hd ? q[(size_t)t * qdim + (size_t)(h0 + j) * hd + d] : 0.0f;
@@ -333,46 +404,94 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int j = 0; j < ATT_MAXG; j++)
         l[j] = lp_warp_sum(l[j]);
+    attention_finish<OT, ND>(m, l, acc, sm_m, sm_l, sm_acc, out, a, t, h0, ng, split);
+}
+
+/* The kernel for a few tokens: one block per (token, kv head [, head group],
+ * split); each warp takes U consecutive positions at a time and issues their
+ * K and V loads (lane l: head-dim elements l*ND ..) before using any, the
+ * block-table entries one round ahead; a position's score is a warp sum. */
+template <typename KT, typename OT, int ND>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    attention_few_kernel(const float *q, const KT *kv, OT *out, lp_cu_attn a, lp_cu_toks tk) {
+    __shared__ float sm_m[ATT_WARPS][ATT_MAXG], sm_l[ATT_WARPS][ATT_MAXG];
+    __shared__ float sm_acc[ATT_WARPS][ATT_MAXG][ND * 32];
+    att_block B = att_block_of(a, tk);
+    int t = B.t, split = B.split, g = B.g, h0 = B.h0, ng = B.ng, lo = B.lo, hi = B.hi, hd = a.hd;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, qdim = a.H * hd;
+    const int32_t *bt = B.bt;
+
+    float qr[ATT_MAXG][ND], acc[ATT_MAXG][ND], m[ATT_MAXG], l[ATT_MAXG];
 #pragma unroll
     for (int j = 0; j < ATT_MAXG; j++) {
-        if (lane == 0) {
-            sm_m[warp][j] = m[j];
-            sm_l[warp][j] = l[j];
+        m[j] = -INFINITY;
+        l[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            int d = lane * ND + i;
+            qr[j][i] = j < ng && d < hd ? q[(size_t)t * qdim + (size_t)(h0 + j) * hd + d] : 0.0f;
+            acc[j][i] = 0.0f;
+        }
+    }
+    constexpr int U = ND >= 8 ? 2 : 4;
+    int bnext[U];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        bnext[u] = lo + warp * U + u < hi ? bt[(lo + warp * U + u) / a.bs] : 0;
+    size_t kbase = ((size_t)a.layer * 2 * a.KVH + g) * a.bs, vbase = kbase + (size_t)a.KVH * a.bs;
+    for (int p0 = lo + warp * U; p0 < hi; p0 += ATT_WARPS * U) {
+        float kr[U][ND], vr[U][ND];
+        int bcur[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            bcur[u] = bnext[u];
+            int pn = p0 + ATT_WARPS * U + u;
+            bnext[u] = pn < hi ? bt[pn / a.bs] : 0;
         }
 #pragma unroll
-        for (int i = 0; i < ND; i++)
-            sm_acc[warp][j][lane * ND + i] = acc[j][i];
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < ng * hd; e += blockDim.x) {
-        int j = e / hd, d = e % hd;
-        float M = -INFINITY;
-        for (int w = 0; w < ATT_WARPS; w++)
-            M = fmaxf(M, sm_m[w][j]);
-        float L = 0.0f, O = 0.0f;
-        if (M != -INFINITY)
-            for (int w = 0; w < ATT_WARPS; w++) {
-                if (sm_m[w][j] == -INFINITY)
-                    continue;
-                float f = expf(sm_m[w][j] - M);
-                L += sm_l[w][j] * f;
-                O += sm_acc[w][j][d] * f;
+        for (int u = 0; u < U; u++) {
+            int p = p0 + u;
+            if (p < hi) {
+                size_t blk = (size_t)bcur[u] * a.block_elems, slot = (size_t)(p % a.bs);
+                load_elems<KT, ND>(kv + blk + (kbase + slot) * hd, lane * ND, hd, kr[u]);
+                load_elems<KT, ND>(kv + blk + (vbase + slot) * hd, lane * ND, hd, vr[u]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < ND; i++)
+                    kr[u][i] = vr[u][i] = 0.0f;
             }
-        int h = h0 + j;
-        if (a.splits == 1) {
-            size_t o = (size_t)t * qdim + (size_t)h * hd + d;
-            out[o] = lp_to<OT>(O / L);
-            if (a.out32)
-                a.out32[o] = O / L;
-        } else {
-            float *pp = a.part + (((size_t)t * a.H + h) * a.splits + split) * (hd + 2);
-            pp[d] = O;
-            if (d == 0) {
-                pp[hd] = M;
-                pp[hd + 1] = L;
+        }
+#pragma unroll
+        for (int j = 0; j < ATT_MAXG; j++) {
+            if (j < ng) {
+                float sc[U], mn = m[j];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    float sdot = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < ND; i++)
+                        sdot += qr[j][i] * kr[u][i];
+                    sc[u] = p0 + u < hi ? lp_warp_sum(sdot) * a.scale : -INFINITY;
+                    mn = fmaxf(mn, sc[u]);
+                }
+                float corr = expf(m[j] - mn); /* m = -inf first: 0 */
+                l[j] *= corr;
+#pragma unroll
+                for (int i = 0; i < ND; i++)
+                    acc[j][i] *= corr;
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    float pe = expf(sc[u] - mn); /* past hi: exp(-inf) = 0 */
+                    l[j] += pe;
+#pragma unroll
+                    for (int i = 0; i < ND; i++)
+                        acc[j][i] += pe * vr[u][i];
+                }
+                m[j] = mn;
             }
         }
     }
+    attention_finish<OT, ND>(m, l, acc, sm_m, sm_l, sm_acc, out, a, t, h0, ng, split);
 }
 
 template <typename OT>
@@ -414,7 +533,10 @@ static cudaError_t attention_launch(const float *q, const void *kv, void *out, c
                                     const lp_cu_toks *tk, int T, cudaStream_t s) {
     int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
     dim3 grid(T, a->KVH * hchunks, a->splits);
-    attention_kernel<KT, OT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (OT *)out, *a, *tk);
+    if (a->few)
+        attention_few_kernel<KT, OT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (OT *)out, *a, *tk);
+    else
+        attention_kernel<KT, OT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (OT *)out, *a, *tk);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || a->splits == 1)
         return e;
