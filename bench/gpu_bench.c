@@ -698,6 +698,11 @@ static int cmd_decode(const args *a) {
         return 1;
     const lp_model_config *c = b.c;
     int vocab = c->vocab;
+    /* the backend settings the environment chose, so that runs compared in
+     * one report say which is which */
+    char variant[96];
+    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS"), *ae = getenv("LORAPLEX_CUDA_ATTN");
+    snprintf(variant, sizeof variant, "graphs=%s,attn=%s", ge && !strcmp(ge, "0") ? "off" : "on", ae ? ae : "auto");
     if (a->isl + a->osl > c->max_pos)
         fprintf(stderr, "note: isl + osl = %d exceeds max_position_embeddings %d\n", a->isl + a->osl, c->max_pos);
 
@@ -858,11 +863,11 @@ static int cmd_decode(const args *a) {
                    "\"step_ms_p90\":%.3f,\"itl_ms\":%.3f,\"tokens_per_s\":%.1f,\"weight_bytes\":%.0f,"
                    "\"kv_bytes\":%.0f,\"adapter_bytes\":%.0f,\"bytes_per_step\":%.0f,\"copy_bw_GBps\":%.1f,"
                    "\"roofline_ms\":%.3f,\"roofline_ratio\":%.3f,\"sample\":\"%s\",\"sample_ms_median\":%.3f,"
-                   "\"logits_bytes\":%.0f%s%s}\n",
+                   "\"logits_bytes\":%.0f,\"variant\":\"%s\"%s%s}\n",
                    mi.name, md->name, batch, n_distinct, a->isl, a->osl, a->steps, ctx_mean, med * 1e3, p10 * 1e3,
                    p90 * 1e3, med * 1e3, tps, wbytes, kvb, ad_bytes, bytes, mi.copy_bw / 1e9, roof * 1e3, roof / med,
                    a->sample_host ? "host" : "gpu", smed * 1e3, a->sample_host ? (double)batch * vocab * 4.0 : 0.0,
-                   base_tps[bi] > 0 ? ",\"ratio_to_base\":" : "", base_tps[bi] > 0 ? vs : "");
+                   variant, base_tps[bi] > 0 ? ",\"ratio_to_base\":" : "", base_tps[bi] > 0 ? vs : "");
             fflush(stdout);
             fprintf(stderr, "%-14s %6d %5d %10.3f %10.3f %10.3f %12.1f %9.2f %10.3f %8.3f %8s\n", md->name, batch,
                     n_distinct, med * 1e3, p10 * 1e3, p90 * 1e3, tps, bytes / 1e9, roof * 1e3, roof / med, vs);

@@ -35,6 +35,9 @@
 #   hostlogits gpu_bench decode, base, with --sample host: every step copies
 #            all logits to the host (the path before GPU sampling), to compare
 #   nographs gpu_bench decode at batch 1 with LORAPLEX_CUDA_GRAPHS=0
+#   attn     gpu_bench decode, base, at batches 1, 4, 16 with each attention
+#            kernel forced (LORAPLEX_CUDA_ATTN=few, =tile), against the
+#            default choice in the decode stage
 #   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
 #   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
 #   ttft     gpu_bench ttft: cold (staged / unstaged) vs warm adapter time to first token
@@ -45,7 +48,7 @@
 #
 # Knobs (environment): BUDGET=510 (seconds for everything; later stages get what
 # is left), STAGES=env,synth,test,reference,eval,machine,decode,hostlogits,
-# nographs,profile,ttft,kernels (and sanitize), PRESET=llama3-8b,
+# nographs,attn,profile,ttft,kernels (and sanitize), PRESET=llama3-8b,
 # MODEL_DIR=/tmp/l3 (reused when already complete), BATCHES=1,32,128,256,
 # ISL=1000, OSL=200, STEPS=64, WARMUP=2, N_ADAPTERS=32, MIXED_RANKS="8 16 32 64",
 # MODES (default base,one,distinct:8,distinct:N,distinct:N-(N+3)), TRIALS=10,
@@ -60,7 +63,7 @@ t_start=$(date +%s)
 
 OUT=${OUT:-/tmp/loraplex-gpu-out}
 BUDGET=${BUDGET:-510}
-STAGES=${STAGES:-env,synth,test,reference,eval,machine,decode,hostlogits,nographs,profile,ttft,kernels}
+STAGES=${STAGES:-env,synth,test,reference,eval,machine,decode,hostlogits,nographs,attn,profile,ttft,kernels}
 PRESET=${PRESET:-llama3-8b}
 MODEL_DIR=${MODEL_DIR:-/tmp/l3}
 ADAPTER_ROOT=${ADAPTER_ROOT:-$MODEL_DIR-adapters}
@@ -323,6 +326,15 @@ if want nographs && [ -e "$MODEL_DIR/config.json" ]; then
     --device "$BENCH_DEVICE"
 fi
 
+# ---- attn: the two attention kernels forced, at the batches where the
+# default switches between them (tokens x KV heads < SMs: the few-token one) ----
+if want attn && [ -e "$MODEL_DIR/config.json" ]; then
+  for k in few tile; do
+    LORAPLEX_CUDA_ATTN=$k stage "attn-$k" 90 json "$bin/gpu_bench" decode "$MODEL_DIR" --batch 1,4,16 \
+      --isl "$ISL" --osl "$OSL" --steps "$STEPS" --warmup "$WARMUP" --mode base --device "$BENCH_DEVICE"
+  done
+fi
+
 # ---- profile: one batch-1 decode step under Nsight Compute (graphs off so
 # each kernel is its own launch): GPU time per kernel name, summed ----
 if want profile && [ -e "$MODEL_DIR/config.json" ]; then
@@ -386,10 +398,10 @@ fi
     echo
     awk '
       function get(k,  r) { if (!match($0, "\"" k "\":(\"[^\"]*\"|[^,}]*)")) return "-"; r = substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3); gsub(/"/, "", r); return r }
-      BEGIN { printf "%-14s %6s %4s %9s %9s %10s %8s %9s %7s %7s %6s %9s\n", "mode", "batch", "ads", "itl_ms", "p90_ms", "tokens/s", "GB/step", "roof_ms", "roof/ms", "vs_base", "sample", "sample_ms" }
+      BEGIN { printf "%-14s %6s %4s %9s %9s %10s %8s %9s %7s %7s %6s %9s  %s\n", "mode", "batch", "ads", "itl_ms", "p90_ms", "tokens/s", "GB/step", "roof_ms", "roof/ms", "vs_base", "sample", "sample_ms", "variant" }
       /"what":"sample_check"/ { chk = sprintf("sample_check: %s rows x vocab %s, %s specs: %s mismatches (worst total %s)", get("rows"), get("vocab"), get("specs"), get("mismatches"), get("worst_total_rel")) }
       /"what":"prefill"/ { pre = sprintf("prefill: %s rows x %s tokens in %s s (%s tokens/s)", get("rows"), get("isl"), get("seconds"), get("tokens_per_s")) }
-      /"what":"decode"/ { printf "%-14s %6s %4s %9s %9s %10s %8.2f %9s %7s %7s %6s %9s\n", get("mode"), get("batch"), get("adapters"), get("itl_ms"), get("step_ms_p90"), get("tokens_per_s"), get("bytes_per_step") / 1e9, get("roofline_ms"), get("roofline_ratio"), get("ratio_to_base"), get("sample"), get("sample_ms_median") }
+      /"what":"decode"/ { printf "%-14s %6s %4s %9s %9s %10s %8.2f %9s %7s %7s %6s %9s  %s\n", get("mode"), get("batch"), get("adapters"), get("itl_ms"), get("step_ms_p90"), get("tokens_per_s"), get("bytes_per_step") / 1e9, get("roofline_ms"), get("roofline_ratio"), get("ratio_to_base"), get("sample"), get("sample_ms_median"), get("variant") }
       END { if (pre != "") print pre; if (chk != "") print chk }' "$OUT/results.jsonl"
   fi
   if grep -q '"what":"ttft"' "$OUT/results.jsonl"; then

@@ -111,6 +111,9 @@ typedef struct cuda_backend {
     lp_hostpool *pinned; /* staged adapters (one reference per staged copy) */
     /* CUDA graphs of decode calls (LORAPLEX_CUDA_GRAPHS=0 turns them off) */
     bool use_graphs;
+    /* attention kernel: 0 by the call's size, 1 always the few-token one, 2
+     * never (LORAPLEX_CUDA_ATTN=auto|few|tile, to compare them) */
+    int attn_mode;
     graph_entry graphs[N_GRAPHS];
     uint64_t graph_clock;
     call_shape last_shape;
@@ -615,7 +618,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
      * idle, aiming at 4 blocks per SM; a call whose blocks cannot fill the
      * SMs even once takes the kernel for a few tokens, with shorter splits */
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
-    bool few = decode && T * yg < b->n_sm;
+    bool few = b->attn_mode == 1 || (b->attn_mode == 0 && decode && T * yg < b->n_sm);
     int split_min = few ? LP_CU_ATT_SPLIT_MIN_FEW : LP_CU_ATT_SPLIT_MIN, splits = 1;
     if (T * yg < 4 * b->n_sm && max_len > split_min) {
         int64_t want = (4 * b->n_sm + T * yg - 1) / (T * yg);
@@ -1015,6 +1018,10 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     BLAS(cublasSetWorkspace(b->blas, b->blas_ws, ws_bytes));
     const char *ge = getenv("LORAPLEX_CUDA_GRAPHS");
     b->use_graphs = !(ge && !strcmp(ge, "0"));
+    const char *ae = getenv("LORAPLEX_CUDA_ATTN");
+    b->attn_mode = ae && !strcmp(ae, "few") ? 1 : ae && !strcmp(ae, "tile") ? 2 : 0;
+    if (ae && b->attn_mode == 0 && strcmp(ae, "auto"))
+        LP_WARN("LORAPLEX_CUDA_ATTN=%s: expected auto, few or tile; using auto", ae);
     b->pinned = lp_hostpool_new(PINNED_CHUNK, LP_LORA_LAYOUT_ALIGN, pinned_chunk_alloc, pinned_chunk_free,
                                 (void *)(intptr_t)dev);
     if (!b->pinned)
