@@ -38,7 +38,7 @@
 #   attn     gpu_bench decode, base, at batches 1, 4, 16 with each attention
 #            kernel forced (LORAPLEX_CUDA_ATTN=few, =tile), against the
 #            default choice in the decode stage
-#   profile  one batch-1 decode step (base, one adapter) under ncu: GPU time per kernel
+#   profile  decode steps at batch 1 and 32 (base, one adapter) under ncu: GPU time per kernel
 #   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
 #   ttft     gpu_bench ttft: cold (staged / unstaged) vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
@@ -340,12 +340,13 @@ fi
 if want profile && [ -e "$MODEL_DIR/config.json" ]; then
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$NCU" ]; then
-    for pm in base one; do
+    for bp in 1:base 1:one 32:base 32:one; do
+      pb=${bp%%:*} pm=${bp#*:}
       LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base --launch-skip 1200 \
-        --launch-count 600 "$bin/gpu_bench" decode "$MODEL_DIR" --batch 1 --isl "$ISL" --osl 16 --steps 4 \
+        --launch-count 600 "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$pb" --isl "$ISL" --osl 16 --steps 4 \
         --warmup 0 ${all_ads:+--adapters "${all_ads%%,*}"} --mode "$pm" --device "$BENCH_DEVICE" \
         >"$tmp/ncu-$pm.csv" 2>>"$OUT/logs.txt"
-      echo "== profile $pm: GPU us per kernel name over the profiled launches (~2 decode steps)" >>"$OUT/logs.txt"
+      echo "== profile batch $pb $pm: GPU us per kernel name over the profiled launches (~2 decode steps)" >>"$OUT/logs.txt"
       awk -F'","' 'NR > 1 && $0 ~ /gpu__time_duration/ { n = $5; v = $NF; gsub(/"/, "", v); gsub(/,/, "", v);
             t[n] += v; c[n]++; tot += v } END { for (k in t) printf "%10.1f us %5d x  %s\n", t[k] / 1000, c[k], k;
             printf "%10.1f us total\n", tot / 1000 }' "$tmp/ncu-$pm.csv" | sort -rn | head -25 >>"$OUT/logs.txt"
