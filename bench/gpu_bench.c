@@ -54,6 +54,7 @@
  * Output: one JSON object per measurement on stdout; a human table on stderr.
  * GPU_BENCH_FREE_GIB=X makes decode plan for X GiB of free GPU memory (to
  * check the skipping of batches whose KV cache does not fit). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -830,6 +831,8 @@ static int cmd_decode(const args *a) {
                                            .pos0 = a->isl + step, .blocks = blocks + (size_t)r * (size_t)bps,
                                            .adapter = mode_slot(md, r), .adapter_scale = 1.0f,
                                            .logits = LP_LOGITS_LAST};
+                if (s == 0 && cudaProfilerStart() != cudaSuccess) /* a profiler attached records the timed steps */
+                    cudaGetLastError();
                 double t0 = lp__now();
                 if (lp_backend_forward(b.be, br, batch, a->sample_host ? logits : NULL, &err)) {
                     fprintf(stderr, "gpu_bench: decode %s batch %d: %s\n", md->name, batch, err.msg);
@@ -847,6 +850,8 @@ static int cmd_decode(const args *a) {
                     ts[s] = lp__now() - t1;
                 }
             }
+            if (cudaProfilerStop() != cudaSuccess)
+                cudaGetLastError();
             double p10 = quantile(t, a->steps, 0.1), p90 = quantile(t, a->steps, 0.9),
                    med = quantile(t, a->steps, 0.5), smed = quantile(ts, a->steps, 0.5);
             double kvb = kv_tok * ctx_mean * batch;

@@ -9,7 +9,7 @@
 #   OUT=... bench/gpu/run.sh
 #
 # bench/gpu/env.sh (sourced here) unpacks .devcarry and sets LD_LIBRARY_PATH.
-# The defaults take about 6-8 minutes: most of it the 16 GB model's synthesis,
+# The defaults take about 7-9 minutes (BUDGET caps them): most of it the 16 GB model's synthesis,
 # two uploads of it, and one prefill of 256 x 1000 tokens.
 #
 # Stages, each under `timeout`, each one's output appended to $OUT/logs.txt; a
@@ -342,11 +342,12 @@ if want profile && [ -e "$MODEL_DIR/config.json" ]; then
   if [ -n "$NCU" ]; then
     for bp in 1:base 1:one 32:base 32:one; do
       pb=${bp%%:*} pm=${bp#*:}
-      LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base --launch-skip 1200 \
-        --launch-count 600 "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$pb" --isl "$ISL" --osl 16 --steps 4 \
+      # gpu_bench brackets its timed decode steps with cudaProfilerStart/Stop
+      LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
+        --profile-from-start off --launch-count 700 "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$pb" --isl "$ISL" --osl 16 --steps 2 \
         --warmup 0 ${all_ads:+--adapters "${all_ads%%,*}"} --mode "$pm" --device "$BENCH_DEVICE" \
         >"$tmp/ncu-$pm.csv" 2>>"$OUT/logs.txt"
-      echo "== profile batch $pb $pm: GPU us per kernel name over the profiled launches (~2 decode steps)" >>"$OUT/logs.txt"
+      echo "== profile batch $pb $pm: GPU us per kernel name over the profiled launches (2 decode steps with sampling)" >>"$OUT/logs.txt"
       awk -F'","' 'NR > 1 && $0 ~ /gpu__time_duration/ { n = $5; v = $NF; gsub(/"/, "", v); gsub(/,/, "", v);
             t[n] += v; c[n]++; tot += v } END { for (k in t) printf "%10.1f us %5d x  %s\n", t[k] / 1000, c[k], k;
             printf "%10.1f us total\n", tot / 1000 }' "$tmp/ncu-$pm.csv" | sort -rn | head -25 >>"$OUT/logs.txt"
