@@ -49,28 +49,19 @@ ADAPTERS = {
 }
 
 
-def set_rope_theta(cfg, theta):
-    rp = getattr(cfg, "rope_parameters", None)
-    if isinstance(rp, dict):
-        rp["rope_theta"] = theta
-        rp.setdefault("rope_type", "default")
-    else:
-        cfg.rope_theta = theta
-
-
 def base_config(family):
+    # transformers 5 spells the rotary settings rope_parameters; the thetas
+    # are the families' defaults, so older versions agree
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rms_norm_eps=1e-5, initializer_range=0.02)
     if family == "qwen3":
-        cfg = Qwen3Config(head_dim=32, tie_word_embeddings=True, **common)
-        set_rope_theta(cfg, 1e6)
-    elif family == "mistral":
-        cfg = MistralConfig(head_dim=16, sliding_window=16, tie_word_embeddings=False, **common)
-        set_rope_theta(cfg, 1e4)
-    else:
-        sys.exit(f"make_conform.py: unknown family {family!r} (qwen3, mistral)")
-    return cfg
+        return Qwen3Config(head_dim=32, tie_word_embeddings=True,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, **common)
+    if family == "mistral":
+        return MistralConfig(head_dim=16, sliding_window=16, tie_word_embeddings=False,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **common)
+    sys.exit(f"make_conform.py: unknown family {family!r} (qwen3, mistral)")
 
 
 def load_fp32(base_dir):
@@ -101,7 +92,6 @@ def main():
         sys.exit(__doc__.strip().splitlines()[-1])
     family, out = sys.argv[1], sys.argv[2]
     torch.manual_seed(1234)
-    torch.use_deterministic_algorithms(True)
     base_dir = os.path.join(out, "base")
     cfg = base_config(family)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
