@@ -236,13 +236,13 @@ if want reference; then
   if python3 -c 'import torch, transformers, peft, safetensors' 2>/dev/null; then
     for fam in qwen3 mistral; do
       rm -rf "$OUT/conform/$fam"
-      stage "ref-$fam" 120 log python3 tests/tools/make_conform.py "$fam" "$OUT/conform/$fam"
+      stage "ref-$fam" 90 log python3 tests/tools/make_conform.py "$fam" "$OUT/conform/$fam"
       if [ -x "$bin/test_conform_llama" ]; then
-        stage "conform-$fam" 60 log "$bin/test_conform_llama" "$OUT/conform/$fam"
+        stage "conform-$fam" 30 log "$bin/test_conform_llama" "$OUT/conform/$fam"
       fi
     done
     if [ -x "$bin/test_cuda" ]; then
-      stage test-ref 150 log "$bin/test_cuda" "$OUT/conform/qwen3" "$OUT/conform/mistral"
+      stage test-ref 90 log "$bin/test_cuda" "$OUT/conform/qwen3" "$OUT/conform/mistral"
     fi
     (cd "$OUT" && tar czf conform.tar.gz conform && rm -rf conform)
   else
