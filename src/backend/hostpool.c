@@ -24,15 +24,15 @@ typedef struct chunk {
 struct lp_hostpool {
     pthread_mutex_t mu;
     int refs;
-    size_t chunk_bytes, align;
+    size_t chunk_bytes, align, max_bytes, held; /* held: bytes of the chunks */
     lp_hostpool_chunk_alloc ca;
     lp_hostpool_chunk_free cf;
     void *ctx;
     chunk *chunks;
 };
 
-lp_hostpool *lp_hostpool_new(size_t chunk_bytes, size_t align, lp_hostpool_chunk_alloc ca, lp_hostpool_chunk_free cf,
-                             void *ctx) {
+lp_hostpool *lp_hostpool_new(size_t chunk_bytes, size_t align, size_t max_bytes, lp_hostpool_chunk_alloc ca,
+                             lp_hostpool_chunk_free cf, void *ctx) {
     if (!align || (align & (align - 1)) || !ca || !cf)
         return NULL;
     lp_hostpool *p = calloc(1, sizeof *p);
@@ -42,6 +42,7 @@ lp_hostpool *lp_hostpool_new(size_t chunk_bytes, size_t align, lp_hostpool_chunk
     p->refs = 1;
     p->chunk_bytes = (chunk_bytes + align - 1) / align * align;
     p->align = align;
+    p->max_bytes = max_bytes / align * align;
     p->ca = ca;
     p->cf = cf;
     p->ctx = ctx;
@@ -109,8 +110,11 @@ void *lp_hostpool_alloc(lp_hostpool *p, size_t bytes) {
                 r = take(c, b, size);
     if (!r) { /* a new chunk */
         size_t cs = size > p->chunk_bytes ? size : p->chunk_bytes;
-        chunk *c = calloc(1, sizeof *c);
-        block *b = calloc(1, sizeof *b);
+        if (p->max_bytes && p->held < p->max_bytes && cs > p->max_bytes - p->held && size <= p->max_bytes - p->held)
+            cs = p->max_bytes - p->held; /* a smaller last chunk still fits */
+        bool room = !p->max_bytes || (p->held <= p->max_bytes && cs <= p->max_bytes - p->held);
+        chunk *c = room ? calloc(1, sizeof *c) : NULL;
+        block *b = room ? calloc(1, sizeof *b) : NULL;
         char *base = c && b ? p->ca(cs, p->ctx) : NULL;
         if (!base) {
             free(c);
@@ -122,6 +126,7 @@ void *lp_hostpool_alloc(lp_hostpool *p, size_t bytes) {
             c->blocks = b;
             c->next = p->chunks;
             p->chunks = c;
+            p->held += cs;
             r = take(c, b, size);
         }
     }
@@ -154,6 +159,7 @@ static void drop_spare(lp_hostpool *p, chunk *c) {
             *pp = c->next;
             break;
         }
+    p->held -= c->size;
     free(c->blocks);
     p->cf(c->base, p->ctx);
     free(c);

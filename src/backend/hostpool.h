@@ -22,9 +22,11 @@ typedef void *(*lp_hostpool_chunk_alloc)(size_t bytes, void *ctx);
 typedef void (*lp_hostpool_chunk_free)(void *p, void *ctx);
 
 /* A pool with one reference. `align` is a power of two; chunks must come
- * back aligned to it. NULL when out of memory. */
-lp_hostpool *lp_hostpool_new(size_t chunk_bytes, size_t align, lp_hostpool_chunk_alloc ca, lp_hostpool_chunk_free cf,
-                             void *ctx);
+ * back aligned to it. The chunks together stay within max_bytes (0: no
+ * limit): past it an allocation fails as when chunk_alloc does. NULL when
+ * out of memory. */
+lp_hostpool *lp_hostpool_new(size_t chunk_bytes, size_t align, size_t max_bytes, lp_hostpool_chunk_alloc ca,
+                             lp_hostpool_chunk_free cf, void *ctx);
 void lp_hostpool_retain(lp_hostpool *p);
 /* Drops a reference; the last one frees every chunk. */
 void lp_hostpool_release(lp_hostpool *p);

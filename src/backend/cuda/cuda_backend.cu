@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 extern "C" {
 #include "backend/backend.h"
@@ -1022,7 +1023,11 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     b->attn_mode = ae && !strcmp(ae, "few") ? 1 : ae && !strcmp(ae, "tile") ? 2 : 0;
     if (ae && b->attn_mode == 0 && strcmp(ae, "auto"))
         LP_WARN("LORAPLEX_CUDA_ATTN=%s: expected auto, few or tile; using auto", ae);
-    b->pinned = lp_hostpool_new(PINNED_CHUNK, LP_LORA_LAYOUT_ALIGN, pinned_chunk_alloc, pinned_chunk_free,
+    /* pinned memory cannot be paged out: staged adapters take at most half
+     * of the machine's memory, the rest stage in pageable memory */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t pinned_max = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 2 : 0;
+    b->pinned = lp_hostpool_new(PINNED_CHUNK, LP_LORA_LAYOUT_ALIGN, pinned_max, pinned_chunk_alloc, pinned_chunk_free,
                                 (void *)(intptr_t)dev);
     if (!b->pinned)
         return lp_error_set(err, LP_ERR_NOMEM, "out of memory");

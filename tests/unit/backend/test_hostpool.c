@@ -7,6 +7,7 @@
  *     the others went back), and a chunk-sized request needs no new chunk;
  *   - a chunk that cannot be had is a NULL, and the pool keeps working;
  *   - references: the chunks go with the last release, each exactly once;
+ *   - a byte limit: the chunks stay within it, and past it allocations fail;
  *   - zero-byte requests, NULL and foreign pointers are harmless. */
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,9 +50,9 @@ static uint64_t rnd(void) {
 
 int main(void) {
     counts cnt = {0};
-    lp_hostpool *p = lp_hostpool_new(CHUNK, ALIGN, chunk_alloc, chunk_free, &cnt);
+    lp_hostpool *p = lp_hostpool_new(CHUNK, ALIGN, 0, chunk_alloc, chunk_free, &cnt);
     CHECK(p != NULL);
-    CHECK(lp_hostpool_new(CHUNK, 100, chunk_alloc, chunk_free, &cnt) == NULL); /* not a power of two */
+    CHECK(lp_hostpool_new(CHUNK, 100, 0, chunk_alloc, chunk_free, &cnt) == NULL); /* not a power of two */
     if (!p)
         return lp_test_finish("test_hostpool");
     unsigned char *ptr[LIVE] = {0};
@@ -126,5 +127,25 @@ int main(void) {
     CHECK(cnt.frees <= frees + 1); /* at most the spare beyond one went back */
     lp_hostpool_release(p);
     CHECKF(cnt.frees == cnt.allocs, "chunks: %d allocated, %d freed", cnt.allocs, cnt.frees);
+
+    /* a limit of 2.5 chunks: the chunks never pass it, a last smaller chunk
+     * is used up, and past it allocations fail until blocks are freed */
+    counts lc = {0};
+    size_t lim = 2 * CHUNK + CHUNK / 2;
+    lp_hostpool *q = lp_hostpool_new(CHUNK, ALIGN, lim, chunk_alloc, chunk_free, &lc);
+    void *blk[64];
+    int nb = 0;
+    while (q && nb < 64 && (blk[nb] = lp_hostpool_alloc(q, CHUNK / 4)))
+        nb++;
+    lp_hostpool_get_stats(q, &st);
+    CHECKF(nb == 10 && st.chunk_bytes <= lim && st.chunks == 3, "limited pool: %d quarter-chunk blocks, %zu bytes in %zu chunks",
+           nb, st.chunk_bytes, st.chunks);
+    CHECK(lp_hostpool_alloc(q, 1) == NULL);
+    lp_hostpool_free(q, blk[0]);
+    CHECK((blk[0] = lp_hostpool_alloc(q, CHUNK / 4)) != NULL);
+    for (int i = 0; i < nb; i++)
+        lp_hostpool_free(q, blk[i]);
+    lp_hostpool_release(q);
+    CHECK(lc.frees == lc.allocs);
     return lp_test_finish("test_hostpool");
 }
