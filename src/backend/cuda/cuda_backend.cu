@@ -110,6 +110,7 @@ typedef struct cuda_backend {
     cu_slot *slots;
     const lp_adapter **slot_ptrs;
     lp_hostpool *pinned; /* staged adapters (one reference per staged copy) */
+    bool warned_pageable; /* said once that staging fell back to pageable memory */
     /* CUDA graphs of decode calls (LORAPLEX_CUDA_GRAPHS=0 turns them off) */
     bool use_graphs;
     /* attention kernel: 0 by the call's size, 1 always the few-token one, 2
@@ -784,8 +785,11 @@ static int staged_make(cuda_backend *b, const lp_adapter *a, cu_staged **out, lp
         st->pool = b->pinned;
         lp_hostpool_retain(st->pool);
     } else {
-        LP_WARN("%s: no pinned host memory for %zu MiB of adapter: staging it in pageable memory (slower copies)",
-                a->dir, st->lay.bytes >> 20);
+        if (!b->warned_pageable) /* once: past the limit it would be every adapter */
+            LP_WARN("%s: no pinned host memory for %zu MiB of adapter (the pinned pool's limit is half the "
+                    "machine's memory): adapters staged from now on may be in pageable memory (slower copies)",
+                    a->dir, st->lay.bytes >> 20);
+        b->warned_pageable = true;
         st->host = aligned_alloc(LP_LORA_LAYOUT_ALIGN, st->lay.bytes);
         if (!st->host) {
             size_t mib = st->lay.bytes >> 20;
