@@ -785,11 +785,12 @@ static int staged_make(cuda_backend *b, const lp_adapter *a, cu_staged **out, lp
         st->pool = b->pinned;
         lp_hostpool_retain(st->pool);
     } else {
-        if (!b->warned_pageable) /* once: past the limit it would be every adapter */
+        /* once (the loader and the engine thread may both get here): past the
+         * limit it would be every adapter */
+        if (!__atomic_exchange_n(&b->warned_pageable, true, __ATOMIC_RELAXED))
             LP_WARN("%s: no pinned host memory for %zu MiB of adapter (the pinned pool's limit is half the "
                     "machine's memory): adapters staged from now on may be in pageable memory (slower copies)",
                     a->dir, st->lay.bytes >> 20);
-        b->warned_pageable = true;
         st->host = aligned_alloc(LP_LORA_LAYOUT_ALIGN, st->lay.bytes);
         if (!st->host) {
             size_t mib = st->lay.bytes >> 20;
