@@ -223,7 +223,7 @@ if want test; then
   targs=${targs:-tests/data/conform/llama tests/data/conform/qwen2}
   if [ -x "$bin/test_cuda" ]; then
     # shellcheck disable=SC2086
-    stage test 150 log "$bin/test_cuda" $targs
+    stage test 200 log "$bin/test_cuda" $targs
   else
     say "test: SKIPPED (no .devcarry/bin/test_cuda)"
     note test "skipped (not built)" ""

@@ -27,20 +27,29 @@
  *      errors with a message, and the backend keeps working;
  *   f. every adapter loaded after lp_backend_adapter_stage (the store's host
  *      tier: one copy from pinned memory) gives the logits of the same
- *      adapter loaded without it, bit for bit.
+ *      adapter loaded without it, bit for bit;
+ *   g. synthetic models with head sizes the fixtures lack (64, 128 as in
+ *      Llama-3-8B, 256), with and without a sliding window: a 300-token
+ *      prefill (every position) and decode steps of two rows, through each
+ *      attention kernel (LORAPLEX_CUDA_ATTN few, tile and the default), within
+ *      the pass's base tolerance of the CPU backend.
  * Without a CUDA device (or in a build without the CUDA backend) it prints
  * "no CUDA device: skipped" and exits 77, which CTest counts as skipped.
  * usage: test_cuda FIXTURE_DIR... (tests/data/conform/<family>) */
 #include <dirent.h>
 #include <math.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "backend/backend.h"
 #include "loraplex/adapter.h"
 #include "loraplex/model.h"
 #include "model/conform.h"
+#include "model/synth.h"
 #include "testlib.h"
 
 #define MAX_TAGS 16
@@ -535,6 +544,153 @@ static void check_staging(const fixture *f, lp_backend *gpu) {
     free(staged);
 }
 
+/* ---- g: head sizes the fixtures lack, both attention kernels ------------- */
+
+/* A synthetic model (random weights, `loraplex synth`'s code) with head_dim
+ * hd, 4 query and 2 KV heads, 2 layers; with a sliding window of `window`
+ * positions when > 0 (written into config.json as Mistral's). */
+static lp_model *synth_model(const char *root, int hd, int window) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/hd%d-w%d", root, hd, window);
+    lp_synth_params p;
+    lp_error err = {0};
+    if (lp_synth_preset("tiny", &p, &err))
+        return NULL;
+    p.arch = window > 0 ? LP_ARCH_MISTRAL : LP_ARCH_LLAMA;
+    p.dtype = LP_DTYPE_BF16;
+    p.n_layers = 2;
+    p.n_heads = 4;
+    p.n_kv_heads = 2;
+    p.head_dim = hd;
+    p.hidden = 4 * hd;
+    p.ffn = 6 * hd;
+    p.vocab = 512;
+    p.max_pos = 1024;
+    p.seed = (uint64_t)hd * 7 + (uint64_t)window;
+    lp_model *m = NULL;
+    char cfg[600];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    bool made = access(cfg, F_OK) == 0; /* by the first pass */
+    if (!made && lp_synth_model(&p, dir, NULL, &err)) {
+        fprintf(stderr, "synth hd %d: %s\n", hd, err.msg);
+        return NULL;
+    }
+    if (!made && window > 0) {
+        json_t *j = json_load_file(cfg, 0, NULL);
+        if (!j || json_object_set_new(j, "sliding_window", json_integer(window)) ||
+            json_dump_file(j, cfg, JSON_INDENT(2))) {
+            json_decref(j);
+            return NULL;
+        }
+        json_decref(j);
+    }
+    if (lp_model_load(dir, &m, NULL, NULL, &err))
+        fprintf(stderr, "synth hd %d load: %s\n", hd, err.msg);
+    else
+        CHECKF(lp_model_get_config(m)->head_dim == hd && lp_model_get_config(m)->sliding_window == window,
+               "synthetic model: head_dim %d, window %d", lp_model_get_config(m)->head_dim,
+               lp_model_get_config(m)->sliding_window);
+    return m;
+}
+
+/* Prefill SYN_LEN tokens (every position's logits), then SYN_DECODE decode
+ * steps of that row next to a second row's decode steps, on `be`; logits in
+ * out: SYN_LEN + 2 * SYN_DECODE rows. Tokens are fixed (not sampled), so
+ * every backend sees the same inputs. */
+#define SYN_LEN 300
+#define SYN_DECODE 6
+#define SYN_BLOCKS 24 /* per row: (SYN_LEN + SYN_DECODE) / BLOCK_SIZE rounded up */
+static int synth_run(lp_backend *be, int vocab, float *out, lp_error *err) {
+    int32_t toks[2][SYN_LEN + SYN_DECODE], blocks[2][SYN_BLOCKS];
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < SYN_LEN + SYN_DECODE; i++)
+            toks[r][i] = (int32_t)((i * 131 + r * 17 + 5) % vocab);
+        for (int i = 0; i < SYN_BLOCKS; i++)
+            blocks[r][i] = r * SYN_BLOCKS + i;
+    }
+    lp_batch_row rows[2];
+    size_t V = (size_t)vocab;
+    for (int r = 0; r < 2; r++) { /* row 1's prefill: all positions, row 2's: its last */
+        rows[0] = (lp_batch_row){.tokens = toks[r], .n_tokens = SYN_LEN, .pos0 = 0, .blocks = blocks[r],
+                                 .adapter = -1, .adapter_scale = 1.0f, .logits = r ? LP_LOGITS_LAST : LP_LOGITS_ALL};
+        int rc = lp_backend_forward(be, rows, 1, r ? out + (size_t)SYN_LEN * V : out, err);
+        if (rc)
+            return rc;
+    }
+    for (int s = 0; s < SYN_DECODE; s++) {
+        for (int r = 0; r < 2; r++)
+            rows[r] = (lp_batch_row){.tokens = toks[r] + SYN_LEN + s, .n_tokens = 1, .pos0 = SYN_LEN + s,
+                                     .blocks = blocks[r], .adapter = -1, .adapter_scale = 1.0f,
+                                     .logits = LP_LOGITS_LAST};
+        int rc = lp_backend_forward(be, rows, 2, out + (size_t)(SYN_LEN + 2 * s) * V, err);
+        if (rc)
+            return rc;
+    }
+    return LP_OK;
+}
+
+static lp_backend *synth_backend(lp_model *m, bool cuda) {
+    lp_backend_params bp = lp_backend_default_params();
+    bp.block_size = BLOCK_SIZE;
+    bp.n_kv_blocks = 2 * SYN_BLOCKS;
+    bp.max_rows = 2;
+    bp.max_tokens = SYN_LEN;
+    bp.max_logit_rows = SYN_LEN;
+    bp.max_adapters = 0;
+    lp_backend *be = NULL;
+    lp_error err = {0};
+    int rc = cuda ? lp_backend_cuda_new(m, &bp, &be, &err) : lp_backend_cpu_new(m, &bp, &be, &err);
+    if (rc)
+        fprintf(stderr, "synth %s backend: %s\n", cuda ? "cuda" : "cpu", err.msg);
+    return be;
+}
+
+/* Head sizes 64, 128 (Llama-3-8B's) and 256 - the fixtures have 16 - with
+ * and without a sliding window, prefill and decode, through each attention
+ * kernel (LORAPLEX_CUDA_ATTN=few, tile and the default choice): GPU logits
+ * within the pass's base tolerance of the CPU backend's. */
+static void check_synth(const char *root) {
+    static const int hds[] = {64, 128, 256}, windows[] = {0, 100};
+    static const char *kernels[] = {"auto", "few", "tile"};
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+        for (size_t wi = 0; wi < sizeof windows / sizeof *windows; wi++) {
+            int hd = hds[hi], window = windows[wi];
+            lp_model *m = synth_model(root, hd, window);
+            CHECKF(m != NULL, "synthetic model hd %d window %d", hd, window);
+            if (!m)
+                continue;
+            int vocab = lp_model_get_config(m)->vocab;
+            size_t n = (size_t)(SYN_LEN + 2 * SYN_DECODE) * (size_t)vocab;
+            float *want = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
+            lp_error err = {0};
+            lp_backend *cpu = synth_backend(m, false);
+            int ok = cpu && want && got && synth_run(cpu, vocab, want, &err) == LP_OK;
+            CHECKF(ok, "synth hd %d: CPU run: %s", hd, err.msg);
+            lp_backend_free(cpu);
+            for (size_t ki = 0; ok && ki < sizeof kernels / sizeof *kernels; ki++) {
+                setenv("LORAPLEX_CUDA_ATTN", kernels[ki], 1);
+                lp_backend *gpu = synth_backend(m, true);
+                int rc = gpu ? synth_run(gpu, vocab, got, &err) : -1;
+                CHECKF(rc == LP_OK, "synth hd %d attn %s: GPU run: %s", hd, kernels[ki], gpu ? err.msg : "no backend");
+                double worst = 0;
+                for (int t = 0; rc == LP_OK && t < SYN_LEN + 2 * SYN_DECODE; t++) {
+                    double e = rel_l2(got + (size_t)t * vocab, want + (size_t)t * vocab, vocab);
+                    worst = e > worst ? e : worst;
+                }
+                CHECKF(rc != LP_OK || worst <= g_tol, "%s synth hd %d window %d attn %s: worst rel L2 %.3g (limit %.0e)",
+                       g_pass, hd, window, kernels[ki], worst, g_tol);
+                if (rc == LP_OK)
+                    printf("%-6s synth hd %3d window %3d attn %-4s: %d positions, worst rel L2 vs CPU %.2e\n", g_pass,
+                           hd, window, kernels[ki], SYN_LEN + 2 * SYN_DECODE, worst);
+                lp_backend_free(gpu);
+            }
+            unsetenv("LORAPLEX_CUDA_ATTN");
+            free(want);
+            free(got);
+            lp_model_free(m);
+        }
+}
+
 static void check_fixture(const char *dir) {
     fixture f;
     CHECKF(fixture_load(dir, &f) == 0, "%s: cannot load the fixture", dir);
@@ -573,8 +729,13 @@ int main(int argc, char **argv) {
     g_pass = "bf16";
     g_tol = 1e-2;
     g_tol_lora = 1e-2;
+    char root[] = "/tmp/lp-test-cuda-XXXXXX";
+    bool have_root = mkdtemp(root) != NULL;
+    CHECK(have_root);
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
+    if (have_root)
+        check_synth(root);
     /* pass 2, fp32 compute (LORAPLEX_CUDA_DTYPE=float32): the same kernels
      * without bf16 rounding must match the reference like the CPU does */
     setenv("LORAPLEX_CUDA_DTYPE", "float32", 1);
@@ -582,6 +743,14 @@ int main(int argc, char **argv) {
     g_tol = g_tol_lora = 1e-4;
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
+    if (have_root)
+        check_synth(root);
     unsetenv("LORAPLEX_CUDA_DTYPE");
+    if (have_root) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", root);
+    }
     return lp_test_finish("test_cuda");
 }
