@@ -153,6 +153,15 @@ cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type k
  * warps, the other kernel a 32-position tile per warp. */
 #define LP_CU_ATT_SPLIT_MIN_FEW 32
 #define LP_CU_ATT_SPLIT_MIN 128
+/* Prefill on tensor cores: a row of at least LP_CU_ATT_TC_MIN tokens, with
+ * fp16 KV and a head_dim that is a multiple of 16 (at most 256), has its
+ * queries cut into tiles of LP_CU_ATT_TC_ROWS consecutive tokens (head
+ * sizes: lp_cu_att_tc_ok); a block per
+ * (tile, KV head) computes Q K^T and P V with fp16 WMMA products and fp32
+ * accumulation (FlashAttention-2's online softmax over 16-position tiles of
+ * the paged cache). The other tokens go through the per-token kernels. */
+#define LP_CU_ATT_TC_ROWS 16
+#define LP_CU_ATT_TC_MIN 16
 typedef struct lp_cu_attn {
     int H, KVH, hd, bs, layer, window, splits;
     int few; /* the kernel for a few tokens (see above) */
@@ -160,7 +169,16 @@ typedef struct lp_cu_attn {
     float scale;
     float *part;  /* (T, H, splits, hd + 2) fp32 when splits > 1 */
     float *out32; /* (T, H hd): the output in fp32 as well, or NULL */
+    const int32_t *tok; /* (n_tok) the tokens the per-token kernels take; NULL: all T */
+    int n_tok;
+    const int32_t *qt;  /* (n_qt, 2) {first token, tokens} of each tensor-core query tile */
+    int n_qt;
 } lp_cu_attn;
+/* Whether the tensor-core kernel takes a head size (it is compiled for
+ * these) and KV type. */
+static inline int lp_cu_att_tc_ok(int hd, lp_cu_type kt) {
+    return kt == LP_CT_F16 && (hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128 || hd == 256);
+}
 /* out (T, H hd) in type ot; kt and ot as the backend pairs them (fp32 and
  * fp32, fp16 KV with fp16 or bf16 out), others fail. */
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,

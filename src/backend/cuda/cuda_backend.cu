@@ -65,6 +65,7 @@ typedef struct cu_slot {
 /* What the launches of one call depend on besides device buffers. */
 typedef struct call_shape {
     int64_t T, nl, n_items, n_lora_items; /* LoRA tiles: all, of adapter rows */
+    int64_t n_qt, n_atok; /* attention: tensor-core query tiles, the other tokens (0, 0: all per token) */
     int splits;
     bool few;        /* attention: the kernel for a few decode tokens */
     bool lora, dora; /* rows with adapters; with DoRA adapters */
@@ -329,10 +330,12 @@ static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, in
  * block tables come last so that every other offset depends only on the
  * call's shape (the key of its CUDA graph). */
 typedef struct meta_layout {
-    size_t id, pos, blkoff, lidx, perm, items, alpha, blocks, total;
+    size_t id, pos, blkoff, lidx, perm, items, alpha, qt, atok, blocks, total;
 } meta_layout;
 
-static meta_layout meta_plan(int64_t T, int64_t n_blocks, int64_t nl, int64_t n_items) {
+/* n_qt: tensor-core query tiles of attention; with any, atok lists the
+ * other tokens (the per-token attention kernels'). */
+static meta_layout meta_plan(int64_t T, int64_t n_blocks, int64_t nl, int64_t n_items, int64_t n_qt) {
     meta_layout m;
     size_t o = 0;
 #define TAKE(f, n) (m.f = o, o += ((size_t)(n) + 3) / 4 * 4)
@@ -343,6 +346,8 @@ static meta_layout meta_plan(int64_t T, int64_t n_blocks, int64_t nl, int64_t n_
     TAKE(perm, T);
     TAKE(items, n_items * 4);
     TAKE(alpha, T);
+    TAKE(qt, n_qt * 2);
+    TAKE(atok, n_qt ? T : 0);
     TAKE(blocks, n_blocks);
 #undef TAKE
     m.total = o;
@@ -464,8 +469,22 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     lp_cu_mods m_down = {1, {LP_MOD_DOWN}, {D}, {0}};
     lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL,
                        c->rms_eps};
-    lp_cu_attn at = {c->n_heads, c->n_kv_heads, hd,   bs, 0, c->sliding_window, cs->splits, cs->few, b->block_elems,
-                     1.0f / sqrtf((float)hd), b->part, NULL};
+    lp_cu_attn at = {c->n_heads,
+                     c->n_kv_heads,
+                     hd,
+                     bs,
+                     0,
+                     c->sliding_window,
+                     cs->splits,
+                     cs->few,
+                     b->block_elems,
+                     1.0f / sqrtf((float)hd),
+                     b->part,
+                     NULL,
+                     cs->n_qt ? d + ml->atok : NULL,
+                     (int)cs->n_atok,
+                     cs->n_qt ? d + ml->qt : NULL,
+                     (int)cs->n_qt};
 
     const float *yl = lora_delta(b, cs);
     /* the fp32 copies for the LoRA shrink, only when the call has adapter
@@ -585,16 +604,32 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     n_items = lg.n_items;
     n_lora = lg.n_lora_tokens;
     int64_t n_lora_items = lg.n_adapter_items;
-    meta_layout ml = meta_plan(T, n_blocks, nl, n_items);
+    /* prefill rows of LP_CU_ATT_TC_MIN tokens or more: attention on tensor cores */
+    bool tc = b->attn_mode == 0 && b->ct != LP_CT_F32 && lp_cu_att_tc_ok(c->head_dim, b->kt);
+    int64_t n_qt = 0, n_atok = 0;
+    for (int i = 0; tc && i < n_rows; i++)
+        if (rows[i].n_tokens >= LP_CU_ATT_TC_MIN)
+            n_qt += (rows[i].n_tokens + LP_CU_ATT_TC_ROWS - 1) / LP_CU_ATT_TC_ROWS;
+    meta_layout ml = meta_plan(T, n_blocks, nl, n_items, n_qt);
     if ((rc = ensure_meta(b, ml.total, err)))
         return rc;
     int32_t *h = b->h_meta;
     float *alpha = (float *)(h + ml.alpha);
-    int64_t t = 0, nb = 0, li = 0, max_len = 1;
+    int64_t t = 0, nb = 0, li = 0, max_len = 1, qi = 0;
     for (int i = 0; i < n_rows; i++) {
         const lp_batch_row *r = &rows[i];
         int64_t nblk = ((int64_t)r->pos0 + r->n_tokens + bs - 1) / bs;
         memcpy(h + ml.blocks + nb, r->blocks, sizeof(int32_t) * (size_t)nblk);
+        bool row_tc = n_qt && r->n_tokens >= LP_CU_ATT_TC_MIN;
+        for (int j = 0; n_qt && j < r->n_tokens; j++) {
+            if (!row_tc)
+                h[ml.atok + n_atok++] = (int32_t)(t + j);
+            else if (j % LP_CU_ATT_TC_ROWS == 0) {
+                int32_t *q2 = h + ml.qt + 2 * (qi++);
+                q2[0] = (int32_t)(t + j);
+                q2[1] = (int32_t)LP_MIN(LP_CU_ATT_TC_ROWS, r->n_tokens - j);
+            }
+        }
         for (int j = 0; j < r->n_tokens; j++, t++) {
             int32_t pos = r->pos0 + j;
             h[ml.id + t] = r->tokens[j];
@@ -634,6 +669,8 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     cs.T = T;
     cs.nl = nl;
     cs.n_items = n_items;
+    cs.n_qt = n_qt;
+    cs.n_atok = n_atok;
     cs.n_lora_items = n_lora_items;
     cs.splits = splits;
     cs.few = few;

@@ -5,6 +5,8 @@
  * products go through cuBLAS (cuda_backend.cu), LoRA through lora.cu. */
 #include <math.h>
 
+#include <mma.h>
+
 #include "backend/cuda/cuda-device.cuh"
 
 /* lp_dtype values of the file dtypes a weight can have (include/loraplex/dtype.h) */
@@ -229,7 +231,7 @@ typedef struct att_block {
 
 __device__ __forceinline__ att_block att_block_of(const lp_cu_attn &a, const lp_cu_toks &tk) {
     att_block B;
-    B.t = blockIdx.x;
+    B.t = a.tok ? a.tok[blockIdx.x] : (int)blockIdx.x;
     B.split = blockIdx.z;
     int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
     int hc = blockIdx.y % hchunks;
@@ -496,7 +498,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
 template <typename OT>
 __global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
-    int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x, hd = a.hd;
+    int t = a.tok ? a.tok[blockIdx.x] : (int)blockIdx.x, h = blockIdx.y, d = threadIdx.x, hd = a.hd;
     if (d >= hd)
         return;
     const float *pp = a.part + ((size_t)t * a.H + h) * a.splits * (hd + 2);
@@ -528,10 +530,185 @@ __global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
         a.out32[o] = O / L;
 }
 
+/* ---- prefill on tensor cores (LP_CU_ATT_TC_ROWS query tiles) ----
+ * One block per (query tile of a row, KV head [, group of up to ATT_MAXG of
+ * its query heads]); warp w holds query head h0 + w. Per 16-position tile of
+ * the cache: the block stages K and V (fp16) in shared memory; each warp
+ * computes S = Q K^T with WMMA, updates its rows' online softmax (two lanes
+ * per row), writes P in fp16, rescales its fp32 output rows in shared memory
+ * and adds P V with WMMA. Causal and sliding-window masks per query row. */
+#define TC_ROWS LP_CU_ATT_TC_ROWS
+#define TC_KV 16 /* positions per cache tile */
+
+template <int HD> struct tc_smem {
+    __half q[ATT_MAXG][TC_ROWS][HD];
+    __half k[TC_KV][HD];
+    __half v[TC_KV][HD];
+    float s[ATT_MAXG][TC_ROWS][TC_KV];
+    __half p[ATT_MAXG][TC_ROWS][TC_KV];
+    float o[ATT_MAXG][TC_ROWS][HD];
+    float m[ATT_MAXG][TC_ROWS], l[ATT_MAXG][TC_ROWS];
+};
+
+/* fp32 to fp16 without overflow to infinity (as the KV cache stores). */
+__device__ __forceinline__ __half tc_half(float v) { return lp_to_kv<__half>(v); }
+
+template <typename OT, int HD>
+__global__ void __launch_bounds__(ATT_MAXG * 32)
+    attention_tc_kernel(const float *q, const __half *kv, OT *out, lp_cu_attn a, lp_cu_toks tk) {
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char tc_raw[];
+    tc_smem<HD> &sm = *reinterpret_cast<tc_smem<HD> *>(tc_raw);
+    int t0 = a.qt[2 * blockIdx.x], nq = a.qt[2 * blockIdx.x + 1];
+    int group = a.H / a.KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    int g = blockIdx.y / hchunks, hc = blockIdx.y % hchunks;
+    int h0 = g * group + hc * ATT_MAXG, ng = min(ATT_MAXG, group - hc * ATT_MAXG);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, qdim = a.H * HD;
+    int pos0 = tk.pos[t0]; /* the tile's tokens are consecutive positions of one row */
+    const int32_t *bt = tk.blocks + tk.blkoff[t0];
+    int hi = pos0 + nq; /* positions [lo, hi) cover every query's range */
+    int lo = a.window > 0 && pos0 - a.window + 1 > 0 ? pos0 - a.window + 1 : 0;
+
+    for (int e = threadIdx.x; e < ATT_MAXG * TC_ROWS * HD; e += blockDim.x) {
+        int w = e / (TC_ROWS * HD), r = (e / HD) % TC_ROWS, d = e % HD;
+        float v = w < ng && r < nq ? q[(size_t)(t0 + r) * qdim + (size_t)(h0 + w) * HD + d] : 0.0f;
+        sm.q[w][r][d] = tc_half(v);
+        sm.o[w][r][d] = 0.0f;
+    }
+    for (int e = threadIdx.x; e < ATT_MAXG * TC_ROWS; e += blockDim.x) {
+        sm.m[e / TC_ROWS][e % TC_ROWS] = -INFINITY;
+        sm.l[e / TC_ROWS][e % TC_ROWS] = 0.0f;
+    }
+    size_t kbase = ((size_t)a.layer * 2 * a.KVH + g) * a.bs, vbase = kbase + (size_t)a.KVH * a.bs;
+    /* two lanes per query row: lane 2r + c takes columns c*8 .. c*8+7 and
+     * half the row's output elements */
+    int r = lane >> 1, c = lane & 1;
+    int qpos = pos0 + r;
+    int qlo = a.window > 0 && qpos - a.window + 1 > 0 ? qpos - a.window + 1 : 0;
+    for (int p0 = lo; p0 < hi; p0 += TC_KV) {
+        __syncthreads(); /* the previous tile's K and V are used up */
+        /* stage the tile's K and V rows, 8 elements (16 bytes) per load */
+        for (int e = threadIdx.x; e < 2 * TC_KV * (HD / 8); e += blockDim.x) {
+            int which = e / (TC_KV * (HD / 8)), j = (e / (HD / 8)) % TC_KV, d8 = (e % (HD / 8)) * 8;
+            int p = p0 + j;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (p < hi) {
+                size_t off = (size_t)bt[p / a.bs] * a.block_elems + ((which ? vbase : kbase) + (size_t)(p % a.bs)) * HD;
+                val = *(const uint4 *)(kv + off + d8);
+            }
+            *(uint4 *)(which ? &sm.v[j][d8] : &sm.k[j][d8]) = val;
+        }
+        __syncthreads();
+        if (warp >= ng)
+            continue;
+        /* S = Q K^T */
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int kd = 0; kd < HD; kd += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
+            wmma::load_matrix_sync(qa, &sm.q[warp][0][kd], HD);
+            wmma::load_matrix_sync(kb, &sm.k[0][kd], HD); /* B(d, j) = K[j][d] */
+            wmma::mma_sync(sf, qa, kb, sf);
+        }
+        wmma::store_matrix_sync(&sm.s[warp][0][0], sf, TC_KV, wmma::mem_row_major);
+        __syncwarp();
+        /* online softmax of row r over this tile's columns c*8 .. c*8+7 */
+        float sv[8], mt = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int col = c * 8 + j, p = p0 + col;
+            bool on = r < nq && p < hi && p <= qpos && p >= qlo;
+            sv[j] = on ? sm.s[warp][r][col] * a.scale : -INFINITY;
+            mt = fmaxf(mt, sv[j]);
+        }
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+        float mo = sm.m[warp][r], mn = fmaxf(mo, mt);
+        float corr = mn == -INFINITY ? 1.0f : expf(mo - mn); /* mo = -inf: 0 */
+        float ls = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float pe = mn == -INFINITY ? 0.0f : expf(sv[j] - mn);
+            ls += pe;
+            sm.p[warp][r][c * 8 + j] = __float2half_rn(pe);
+        }
+        ls += __shfl_xor_sync(0xffffffffu, ls, 1);
+        for (int d = c * (HD / 2); d < (c + 1) * (HD / 2); d++)
+            sm.o[warp][r][d] *= corr;
+        __syncwarp(); /* both lanes of the row read m and l before one writes them */
+        if (c == 0) {
+            sm.m[warp][r] = mn;
+            sm.l[warp][r] = sm.l[warp][r] * corr + ls;
+        }
+        __syncwarp();
+        /* O += P V */
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> pa;
+        wmma::load_matrix_sync(pa, &sm.p[warp][0][0], TC_KV);
+#pragma unroll
+        for (int dn = 0; dn < HD; dn += 16) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
+            wmma::load_matrix_sync(vb, &sm.v[0][dn], HD); /* B(j, d) = V[j][d] */
+            wmma::load_matrix_sync(of, &sm.o[warp][0][dn], HD, wmma::mem_row_major);
+            wmma::mma_sync(of, pa, vb, of);
+            wmma::store_matrix_sync(&sm.o[warp][0][dn], of, HD, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    if (warp >= ng || r >= nq)
+        return;
+    float inv = 1.0f / sm.l[warp][r];
+    size_t base = (size_t)(t0 + r) * qdim + (size_t)(h0 + warp) * HD;
+    for (int d = c * (HD / 2); d < (c + 1) * (HD / 2); d++) {
+        float v = sm.o[warp][r][d] * inv;
+        out[base + d] = lp_to<OT>(v);
+        if (a.out32)
+            a.out32[base + d] = v;
+    }
+}
+
+template <typename OT, int HD>
+static cudaError_t attention_tc_launch(const float *q, const void *kv, void *out, const lp_cu_attn *a,
+                                       const lp_cu_toks *tk, cudaStream_t s) {
+    static bool sized = false; /* the shared memory past 48 KB is opted into once */
+    size_t bytes = sizeof(tc_smem<HD>);
+    if (!sized) {
+        cudaError_t e = cudaFuncSetAttribute(attention_tc_kernel<OT, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)bytes);
+        if (e != cudaSuccess)
+            return e;
+        sized = true;
+    }
+    int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    attention_tc_kernel<OT, HD><<<dim3(a->n_qt, a->KVH * hchunks), ATT_MAXG * 32, bytes, s>>>(
+        q, (const __half *)kv, (OT *)out, *a, *tk);
+    return cudaGetLastError();
+}
+
+template <typename OT>
+static cudaError_t attention_tc(const float *q, const void *kv, void *out, const lp_cu_attn *a, const lp_cu_toks *tk,
+                                cudaStream_t s) {
+    switch (a->hd) { /* the sizes lp_cu_att_tc_ok accepts */
+    case 16: return attention_tc_launch<OT, 16>(q, kv, out, a, tk, s);
+    case 32: return attention_tc_launch<OT, 32>(q, kv, out, a, tk, s);
+    case 64: return attention_tc_launch<OT, 64>(q, kv, out, a, tk, s);
+    case 80: return attention_tc_launch<OT, 80>(q, kv, out, a, tk, s);
+    case 96: return attention_tc_launch<OT, 96>(q, kv, out, a, tk, s);
+    case 128: return attention_tc_launch<OT, 128>(q, kv, out, a, tk, s);
+    case 256: return attention_tc_launch<OT, 256>(q, kv, out, a, tk, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 template <typename KT, typename OT, int ND>
 static cudaError_t attention_launch(const float *q, const void *kv, void *out, const lp_cu_attn *a,
                                     const lp_cu_toks *tk, int T, cudaStream_t s) {
     int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
+    if (a->tok)
+        T = a->n_tok; /* the tokens the tensor-core kernel does not take */
+    if (T == 0)
+        return cudaSuccess;
     dim3 grid(T, a->KVH * hchunks, a->splits);
     if (a->few)
         attention_few_kernel<KT, OT, ND><<<grid, ATT_WARPS * 32, 0, s>>>(q, (const KT *)kv, (OT *)out, *a, *tk);
@@ -560,6 +737,14 @@ static cudaError_t attention_nd(const float *q, const void *kv, void *out, const
 
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,
                             const lp_cu_attn *a, const lp_cu_toks *tk, int T, cudaStream_t s) {
+    if (a->n_qt > 0) {
+        if (!lp_cu_att_tc_ok(a->hd, kt) || (ot != LP_CT_F16 && ot != LP_CT_BF16))
+            return cudaErrorInvalidValue;
+        cudaError_t e = ot == LP_CT_F16 ? attention_tc<__half>(q, kv, out, a, tk, s)
+                                        : attention_tc<bf16>(q, kv, out, a, tk, s);
+        if (e != cudaSuccess)
+            return e;
+    }
     /* the pairs lp_cu_kv_type gives: fp32 with fp32, fp16 KV with fp16 or bf16 */
     if (kt == LP_CT_F32 && ot == LP_CT_F32)
         return attention_nd<float, float>(q, kv, out, a, tk, T, s);
