@@ -581,6 +581,15 @@ static double non_kv_bytes(const bench *b, double adapter_bytes, int max_tokens,
     return (double)lp_model_weight_bytes(b->m) + embed + adapter_bytes * 1.05 + act + 1.5 * GiB;
 }
 
+/* The backend settings the environment chose, so that runs compared in one
+ * report say which is which. */
+static const char *backend_variant(void) {
+    static char v[96];
+    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS"), *ae = getenv("LORAPLEX_CUDA_ATTN");
+    snprintf(v, sizeof v, "graphs=%s,attn=%s", ge && !strcmp(ge, "0") ? "off" : "on", ae ? ae : "auto");
+    return v;
+}
+
 /* Prefill rows 0..n_rows-1 (isl tokens each) on the base model in forward
  * calls of at most max_tokens tokens, logits only for each row's last token. */
 static int prefill_all(bench *b, int32_t *const *toks, const int32_t *blocks, int bps, int n_rows, int isl,
@@ -613,8 +622,9 @@ static int prefill_all(bench *b, int32_t *const *toks, const int32_t *blocks, in
     }
     double dt = lp__now() - t0;
     free(br);
-    printf("{\"what\":\"prefill\",\"rows\":%d,\"isl\":%d,\"calls\":%d,\"seconds\":%.3f,\"tokens_per_s\":%.0f}\n", n_rows,
-           isl, calls, dt, (double)n_rows * isl / dt);
+    printf("{\"what\":\"prefill\",\"rows\":%d,\"isl\":%d,\"calls\":%d,\"seconds\":%.3f,\"tokens_per_s\":%.0f,"
+           "\"variant\":\"%s\"}\n",
+           n_rows, isl, calls, dt, (double)n_rows * isl / dt, backend_variant());
     fflush(stdout);
     fprintf(stderr, "prefilled %d rows x %d tokens in %d calls: %.1f s, %.0f tokens/s\n", n_rows, isl, calls, dt,
             (double)n_rows * isl / dt);
@@ -699,11 +709,7 @@ static int cmd_decode(const args *a) {
         return 1;
     const lp_model_config *c = b.c;
     int vocab = c->vocab;
-    /* the backend settings the environment chose, so that runs compared in
-     * one report say which is which */
-    char variant[96];
-    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS"), *ae = getenv("LORAPLEX_CUDA_ATTN");
-    snprintf(variant, sizeof variant, "graphs=%s,attn=%s", ge && !strcmp(ge, "0") ? "off" : "on", ae ? ae : "auto");
+    const char *variant = backend_variant();
     if (a->isl + a->osl > c->max_pos)
         fprintf(stderr, "note: isl + osl = %d exceeds max_position_embeddings %d\n", a->isl + a->osl, c->max_pos);
 

@@ -402,9 +402,9 @@ fi
       function get(k,  r) { if (!match($0, "\"" k "\":(\"[^\"]*\"|[^,}]*)")) return "-"; r = substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3); gsub(/"/, "", r); return r }
       BEGIN { printf "%-14s %6s %4s %9s %9s %10s %8s %9s %7s %7s %6s %9s  %s\n", "mode", "batch", "ads", "itl_ms", "p90_ms", "tokens/s", "GB/step", "roof_ms", "roof/ms", "vs_base", "sample", "sample_ms", "variant" }
       /"what":"sample_check"/ { chk = sprintf("sample_check: %s rows x vocab %s, %s specs: %s mismatches (worst total %s)", get("rows"), get("vocab"), get("specs"), get("mismatches"), get("worst_total_rel")) }
-      /"what":"prefill"/ { pre = sprintf("prefill: %s rows x %s tokens in %s s (%s tokens/s)", get("rows"), get("isl"), get("seconds"), get("tokens_per_s")) }
+      /"what":"prefill"/ { pre = pre sprintf("prefill: %s rows x %s tokens in %s s (%s tokens/s), %s\n", get("rows"), get("isl"), get("seconds"), get("tokens_per_s"), get("variant")) }
       /"what":"decode"/ { printf "%-14s %6s %4s %9s %9s %10s %8.2f %9s %7s %7s %6s %9s  %s\n", get("mode"), get("batch"), get("adapters"), get("itl_ms"), get("step_ms_p90"), get("tokens_per_s"), get("bytes_per_step") / 1e9, get("roofline_ms"), get("roofline_ratio"), get("ratio_to_base"), get("sample"), get("sample_ms_median"), get("variant") }
-      END { if (pre != "") print pre; if (chk != "") print chk }' "$OUT/results.jsonl"
+      END { if (pre != "") printf "%s", pre; if (chk != "") print chk }' "$OUT/results.jsonl"
   fi
   if grep -q '"what":"ttft"' "$OUT/results.jsonl"; then
     echo
