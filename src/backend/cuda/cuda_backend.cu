@@ -563,7 +563,11 @@ static int run_graph(cuda_backend *b, const call_shape *cs, const meta_layout *m
         cudaError_t e = cudaStreamEndCapture(b->st, &graph);
         if (!rc && e != cudaSuccess)
             rc = cu_fail(err, e, "graph capture", __LINE__);
-        if (!rc && (e = cudaGraphInstantiate(&lru->exec, graph, 0)) != cudaSuccess) {
+        /* honour the captured priorities: without the flag every node runs at
+         * the launch stream's, and the LoRA side stream's kernels queue behind
+         * the GEMM's blocks instead of slipping in beside them */
+        if (!rc && (e = cudaGraphInstantiate(&lru->exec, graph, cudaGraphInstantiateFlagUseNodePriority)) !=
+                       cudaSuccess) {
             lru->exec = NULL;
             rc = cu_fail(err, e, "graph instantiate", __LINE__);
         }
