@@ -29,7 +29,8 @@
  *      tier: one copy from pinned memory) gives the logits of the same
  *      adapter loaded without it, bit for bit;
  *   g. synthetic models with head sizes the fixtures lack (64, 128 as in
- *      Llama-3-8B, 256), with and without a sliding window: a 300-token
+ *      Llama-3-8B, 256) and GQA groups of 8, 4 and 2 query heads per KV head,
+ *      with and without a sliding window: a 300-token
  *      prefill (every position) and decode steps of two rows, through each
  *      attention kernel (LORAPLEX_CUDA_ATTN few, tile and the default), within
  *      the pass's base tolerance of the CPU backend.
@@ -547,9 +548,9 @@ static void check_staging(const fixture *f, lp_backend *gpu) {
 /* ---- g: head sizes the fixtures lack, both attention kernels ------------- */
 
 /* A synthetic model (random weights, `loraplex synth`'s code) with head_dim
- * hd, 4 query and 2 KV heads, 2 layers; with a sliding window of `window`
- * positions when > 0 (written into config.json as Mistral's). */
-static lp_model *synth_model(const char *root, int hd, int window) {
+ * hd, `heads` query and 2 KV heads, 2 layers; with a sliding window of
+ * `window` positions when > 0 (written into config.json as Mistral's). */
+static lp_model *synth_model(const char *root, int hd, int heads, int window) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/hd%d-w%d", root, hd, window);
     lp_synth_params p;
@@ -559,10 +560,10 @@ static lp_model *synth_model(const char *root, int hd, int window) {
     p.arch = window > 0 ? LP_ARCH_MISTRAL : LP_ARCH_LLAMA;
     p.dtype = LP_DTYPE_BF16;
     p.n_layers = 2;
-    p.n_heads = 4;
+    p.n_heads = heads;
     p.n_kv_heads = 2;
     p.head_dim = hd;
-    p.hidden = 4 * hd;
+    p.hidden = heads * hd;
     p.ffn = 6 * hd;
     p.vocab = 512;
     p.max_pos = 1024;
@@ -646,16 +647,18 @@ static lp_backend *synth_backend(lp_model *m, bool cuda) {
 }
 
 /* Head sizes 64, 128 (Llama-3-8B's) and 256 - the fixtures have 16 - with
- * and without a sliding window, prefill and decode, through each attention
- * kernel (LORAPLEX_CUDA_ATTN=few, tile and the default choice): GPU logits
- * within the pass's base tolerance of the CPU backend's. */
+ * GQA groups of 8 (two blocks of four heads per KV head), 4 (Llama-3-8B's)
+ * and 2, with and without a sliding window, prefill and decode, through each
+ * attention kernel (LORAPLEX_CUDA_ATTN=few, tile and the default choice, which
+ * takes the prefill to tensor cores): GPU logits within the pass's base
+ * tolerance of the CPU backend's. */
 static void check_synth(const char *root) {
-    static const int hds[] = {64, 128, 256}, windows[] = {0, 100};
+    static const int hds[] = {64, 128, 256}, heads[] = {16, 8, 4}, windows[] = {0, 100};
     static const char *kernels[] = {"auto", "few", "tile"};
     for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
         for (size_t wi = 0; wi < sizeof windows / sizeof *windows; wi++) {
             int hd = hds[hi], window = windows[wi];
-            lp_model *m = synth_model(root, hd, window);
+            lp_model *m = synth_model(root, hd, heads[hi], window);
             CHECKF(m != NULL, "synthetic model hd %d window %d", hd, window);
             if (!m)
                 continue;
