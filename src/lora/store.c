@@ -127,6 +127,24 @@ static bool evict_host_lru(lp_store *s) {
     return true;
 }
 
+/* An adapter for the host tier: read, checked against the model and staged
+ * in the backend's device layout (lp_backend_adapter_stage), so that moving
+ * it into a slot later is only a copy. Called outside the lock: the loader
+ * thread does it beside running batches. */
+static int load_host(lp_store *s, const char *path, lp_adapter **out, lp_error *err) {
+    lp_adapter_params ap = lp_adapter_default_params();
+    ap.max_rank = s->p.max_lora_rank;
+    *out = NULL;
+    lp_adapter *a = NULL;
+    int rc = lp_adapter_load(path, s->model, &ap, &a, err);
+    if (!rc && (rc = lp_backend_adapter_stage(s->be, a, err)) != LP_OK) {
+        lp_adapter_free(a);
+        return rc;
+    }
+    *out = a;
+    return rc;
+}
+
 static void *loader_main(void *arg) {
     lp_store *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -141,18 +159,10 @@ static void *loader_main(void *arg) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s", e->path);
         pthread_mutex_unlock(&s->mu);
-        lp_adapter_params ap = lp_adapter_default_params();
-        ap.max_rank = s->p.max_lora_rank;
         lp_adapter *a = NULL;
         lp_error err = {0};
         double t0 = lp__now();
-        int rc = lp_adapter_load(path, s->model, &ap, &a, &err);
-        /* the backend's device layout, made here beside running batches so
-         * that moving the adapter into a slot later is only a copy */
-        if (!rc && (rc = lp_backend_adapter_stage(s->be, a, &err)) != LP_OK) {
-            lp_adapter_free(a);
-            a = NULL;
-        }
+        int rc = load_host(s, path, &a, &err);
         double ms = (lp__now() - t0) * 1e3;
         pthread_mutex_lock(&s->mu);
         e->loading = false;
@@ -358,13 +368,9 @@ int lp_store_register(lp_store *s, const char *name, const char *path, bool repl
         return lp_error_set(err, LP_ERR_EXISTS, "adapter '%s' is already loaded", name);
     }
     /* load and validate now, outside the lock */
-    lp_adapter_params ap = lp_adapter_default_params();
-    ap.max_rank = s->p.max_lora_rank;
     lp_adapter *a = NULL;
     double t0 = lp__now();
-    int rc = lp_adapter_load(real, s->model, &ap, &a, err);
-    if (!rc && (rc = lp_backend_adapter_stage(s->be, a, err)) != LP_OK)
-        lp_adapter_free(a);
+    int rc = load_host(s, real, &a, err);
     double ms = (lp__now() - t0) * 1e3;
     if (rc) {
         free(real);

@@ -625,16 +625,14 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         int64_t nblk = ((int64_t)r->pos0 + r->n_tokens + bs - 1) / bs;
         memcpy(h + ml.blocks + nb, r->blocks, sizeof(int32_t) * (size_t)nblk);
         bool row_tc = n_qt && r->n_tokens >= LP_CU_ATT_TC_MIN;
-        for (int j = 0; n_qt && j < r->n_tokens; j++) {
-            if (!row_tc)
-                h[ml.atok + n_atok++] = (int32_t)(t + j);
-            else if (j % LP_CU_ATT_TC_ROWS == 0) {
+        for (int j = 0; j < r->n_tokens; j++, t++) {
+            if (n_qt && !row_tc) { /* with tensor-core tiles in the call, the others are listed */
+                h[ml.atok + n_atok++] = (int32_t)t;
+            } else if (row_tc && j % LP_CU_ATT_TC_ROWS == 0) {
                 int32_t *q2 = h + ml.qt + 2 * (qi++);
-                q2[0] = (int32_t)(t + j);
+                q2[0] = (int32_t)t;
                 q2[1] = (int32_t)LP_MIN(LP_CU_ATT_TC_ROWS, r->n_tokens - j);
             }
-        }
-        for (int j = 0; j < r->n_tokens; j++, t++) {
             int32_t pos = r->pos0 + j;
             h[ml.id + t] = r->tokens[j];
             h[ml.pos + t] = pos;
@@ -970,11 +968,7 @@ static void cuda_free(lp_backend *base) {
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         if (dev[i])
             cudaFree(dev[i]);
-    if (b->h_meta)
-        cudaFreeHost(b->h_meta);
-    if (b->h_desc)
-        cudaFreeHost(b->h_desc);
-    void *pinned[] = {b->h_sspec, b->h_sout, b->h_sadj};
+    void *pinned[] = {b->h_meta, b->h_desc, b->h_sspec, b->h_sout, b->h_sadj};
     for (size_t i = 0; i < sizeof pinned / sizeof *pinned; i++)
         if (pinned[i])
             cudaFreeHost(pinned[i]);
