@@ -461,6 +461,9 @@ int lp_server_run(const lp_server_params *params) {
         lp__worker_stop(s);
         goto out;
     }
+    /* MHD's default socket options: SO_REUSEADDR (a restart binds past
+     * TIME_WAIT) but not SO_REUSEPORT, which would let a second server bind
+     * the same port and take a share of its connections without an error. */
     s->mhd = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
                                   MHD_USE_ERROR_LOG,
                               (uint16_t)params->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &addr,
@@ -468,8 +471,7 @@ int lp_server_run(const lp_server_params *params) {
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)params->connection_timeout_s,
                               MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
-                              on_connection, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-                              MHD_OPTION_END);
+                              on_connection, s, MHD_OPTION_END);
     if (!s->mhd) {
         LP_ERROR("cannot listen on %s:%d (in use?)", params->host, params->port);
         lp__worker_stop(s);

@@ -88,13 +88,24 @@ test('directory refresh: new, changed, removed and half-copied adapters', async 
 test('host tier full of active adapters -> 429 with Retry-After; device tier swaps', async () => {
   const srv = await start(['--lora-dir', loraDir(), '--max-loras', '1', '--max-cpu-loras', '1']);
   try {
-    const ctl = new AbortController();
-    const long = fetch(srv.url + '/v1/completions', { method: 'POST', signal: ctl.signal, headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ model: 'math', prompt: 'The', max_tokens: 600, ignore_eos: true, stream: true }) });
-    const resp = await long;
-    const reader = resp.body.getReader();
-    await reader.read(); // generation is running
-    const r = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'x', max_tokens: 2 });
+    // A 1000-token generation on tinylm takes well under a second in a
+    // release build, so it can end before the 'sort' request is looked at.
+    // The 429 is asserted only for attempts where 'math' is provably still
+    // running after the answer (active in /v1/adapters); a lost race is
+    // retried with a new long request.
+    const active = async () => (await (await fetch(srv.url + '/v1/adapters')).json()).data.find((x) => x.name === 'math').active;
+    let ctl, r, checked = false;
+    for (let attempt = 0; attempt < 8 && !checked; attempt++) {
+      ctl = new AbortController();
+      const resp = await fetch(srv.url + '/v1/completions', { method: 'POST', signal: ctl.signal, headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: 'math', prompt: 'The', max_tokens: 1000, ignore_eos: true, stream: true }) });
+      const reader = resp.body.getReader();
+      await reader.read(); // generation is running
+      r = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'x', max_tokens: 2 });
+      if (await active() >= 1) checked = true;
+      else { ctl.abort(); await sleep(100); }
+    }
+    assert.ok(checked, 'the long math request ended before the sort request was answered, 8 times');
     assert.strictEqual(r.status, 429, r.text);
     assert.strictEqual(r.headers.get('retry-after'), '1');
     assert.strictEqual(r.json.error.code, 429);
@@ -110,6 +121,25 @@ test('host tier full of active adapters -> 429 with Retry-After; device tier swa
     assert.strictEqual(s.status, 200, s.text);
     assert.strictEqual(s.json.choices[0].text, ' 1 3 3 9\n');
     assert.ok(await metric(srv.url, 'loraplex_adapter_evictions_total{tier="host"}') >= 1);
+  } finally { await stop(srv); }
+});
+
+test('a second server on a port in use fails with an error instead of sharing it', async () => {
+  const srv = await start(['--lora-dir', loraDir(['math'])]);
+  try {
+    const { spawn } = require('node:child_process');
+    const second = spawn(process.env.LORAPLEX_BIN, ['serve', '--model', path.join(REPO, 'models/tinylm'), '--port', String(srv.port)],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    second.stdout.on('data', (d) => { log += d; });
+    second.stderr.on('data', (d) => { log += d; });
+    const timer = setTimeout(() => second.kill('SIGKILL'), 20000);
+    const code = await new Promise((resolve) => second.on('exit', (c) => resolve(c)));
+    clearTimeout(timer);
+    assert.notStrictEqual(code, 0, log);
+    assert.notStrictEqual(code, null, 'the second server was still running after 20 s:\n' + log);
+    assert.match(log, /cannot listen on 127\.0\.0\.1:\d+/);
+    assert.strictEqual((await fetch(srv.url + '/health')).status, 200);
   } finally { await stop(srv); }
 });
 
