@@ -64,7 +64,8 @@ typedef struct lp_cu_lora_item {
 
 /* Everything a multi-LoRA launch over one call needs. `desc` is indexed
  * [(slot * n_layers + layer) * 7 + module]. V holds the shrink's split-K
- * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32, each written once;
+ * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32 by a token's place in
+ * perm (adapter tokens come first, so T need only cover them), each written once;
  * the last split block of a (tile, module) to finish adds them up into split
  * 0, which the expand reads - so V needs no zeroing. `counters` (n_items,
  * LP_CU_MAX_MODS) count finished split blocks; zero before the first launch,
@@ -78,7 +79,7 @@ typedef struct lp_cu_lora_call {
     const float *alpha; /* (T) the row's adapter_scale for each token */
     float *V;
     int rmax;
-    int T;      /* tokens in the call (V's stride between splits) */
+    int T;      /* V's rows between splits: >= the call's adapter tokens */
     int ksplit; /* from lp_cu_lora_ksplit for this launch's K */
     unsigned *counters;
     /* items [0, n_lora_items) are adapter tiles; the rest (slot -1) are the
@@ -92,7 +93,7 @@ typedef struct lp_cu_lora_call {
 /* K splits a shrink over n_items tiles and n_mods modules uses so the launch
  * fills the GPU (each split a multiple of 256 columns, at most 1024). */
 int lp_cu_lora_ksplit(int n_items, int n_mods, int K, int n_sm);
-/* Floats of V a call of T tokens needs at this ksplit. */
+/* Floats of V a call with T rows of V (lp_cu_lora_call.T) needs at this ksplit. */
 static inline size_t lp_cu_lora_v_floats(int T, int ksplit, int rmax) {
     return (size_t)ksplit * (size_t)T * LP_CU_MAX_MODS * (size_t)rmax;
 }
@@ -167,7 +168,7 @@ typedef struct lp_cu_attn {
     int few; /* the kernel for a few tokens (see above) */
     size_t block_elems;
     float scale;
-    float *part;  /* (T, H, splits, hd + 2) fp32 when splits > 1 */
+    float *part;  /* (per-token tokens, H, splits, hd + 2) fp32 when splits > 1 */
     float *out32; /* (T, H hd): the output in fp32 as well, or NULL */
     const int32_t *tok; /* (n_tok) the tokens the per-token kernels take; NULL: all T */
     int n_tok;
@@ -179,6 +180,10 @@ typedef struct lp_cu_attn {
 static inline int lp_cu_att_tc_ok(int hd, lp_cu_type kt) {
     return kt == LP_CT_F16 && (hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128 || hd == 256);
 }
+/* Dynamic shared memory the tensor-core kernel takes at head size hd
+ * (SIZE_MAX: not compiled for it); a GPU whose opt-in limit is smaller
+ * (sm_86/sm_89 at hd 256) leaves prefill to the per-token kernels. */
+size_t lp_cu_att_tc_smem(int hd);
 /* out (T, H hd) in type ot; kt and ot as the backend pairs them (fp32 and
  * fp32, fp16 KV with fp16 or bf16 out), others fail. */
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,

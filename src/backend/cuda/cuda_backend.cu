@@ -117,6 +117,7 @@ typedef struct cuda_backend {
     /* attention kernel: 0 by the call's size, 1 always the few-token one, 2
      * never (LORAPLEX_CUDA_ATTN=auto|few|tile, to compare them) */
     int attn_mode;
+    bool tc_fits; /* the tensor-core prefill kernel's shared memory fits this GPU */
     graph_entry graphs[N_GRAPHS];
     uint64_t graph_clock;
     call_shape last_shape;
@@ -393,9 +394,9 @@ static int lora_kernels(cuda_backend *b, lp_cu_lora_call *lc, int layer, const l
                         lp_cu_type xt, int K, float *Y, int ldy, int64_t T, cudaStream_t st, lp_error *err) {
     lc->layer = layer;
     lc->ksplit = lp_cu_lora_ksplit(lc->n_lora_items, mods->n, K, b->n_sm);
-    if (lp_cu_lora_v_floats((int)T, lc->ksplit, lc->rmax) > b->lora_v_floats)
-        return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %lld tokens x %d splits",
-                            (long long)T, lc->ksplit);
+    if (lp_cu_lora_v_floats(lc->T, lc->ksplit, lc->rmax) > b->lora_v_floats)
+        return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %d tokens x %d splits",
+                            lc->T, lc->ksplit);
     CU(lp_cu_lora_shrink(lc, mods, X, xt, K, K, st));
     CU(lp_cu_lora_expand(lc, mods, Y, ldy, st));
     return LP_OK;
@@ -459,8 +460,11 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     int64_t T = cs->T;
     const int32_t *d = b->d_meta;
     lp_cu_toks tk = {d + ml->id, d + ml->pos, d + ml->blkoff, d + ml->blocks};
+    /* V's rows: the adapter tokens, which lead perm (a call of base prompt
+     * chunks and a few adapter rows needs more splits but few rows) */
+    int64_t v_rows = LP_MIN(T, cs->n_lora_items * LP_CU_LORA_TILE);
     lp_cu_lora_call lc = {b->d_desc, c->n_layers, 0, (const lp_cu_lora_item *)(d + ml->items), (int)cs->n_items,
-                          d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)T, 1,
+                          d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)v_rows, 1,
                           b->lora_cnt, (int)cs->n_lora_items, 0};
     lp_cu_mods m_qkv = {3, {LP_MOD_Q, LP_MOD_K, LP_MOD_V}, {(int)b->q_dim, (int)b->kv_dim, (int)b->kv_dim},
                         {0, (int)b->q_dim, (int)(b->q_dim + b->kv_dim)}};
@@ -543,12 +547,17 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
 
 /* Launch a decode call through its CUDA graph, capturing it the first time
  * this shape is seen (least recently used graph replaced). */
+static graph_entry *graph_find(cuda_backend *b, const call_shape *cs) {
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (b->graphs[i].exec && !memcmp(&b->graphs[i].key, cs, sizeof *cs))
+            return &b->graphs[i];
+    return NULL;
+}
+
 static int run_graph(cuda_backend *b, const call_shape *cs, const meta_layout *ml, lp_error *err) {
-    graph_entry *hit = NULL, *lru = &b->graphs[0];
+    graph_entry *hit = graph_find(b, cs), *lru = &b->graphs[0];
     for (int i = 0; i < N_GRAPHS; i++) {
         graph_entry *g = &b->graphs[i];
-        if (g->exec && !memcmp(&g->key, cs, sizeof *cs))
-            hit = g;
         if (!g->exec || (lru->exec && g->used < lru->used))
             lru = g;
     }
@@ -609,7 +618,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     n_lora = lg.n_lora_tokens;
     int64_t n_lora_items = lg.n_adapter_items;
     /* prefill rows of LP_CU_ATT_TC_MIN tokens or more: attention on tensor cores */
-    bool tc = b->attn_mode == 0 && b->ct != LP_CT_F32 && lp_cu_att_tc_ok(c->head_dim, b->kt);
+    bool tc = b->attn_mode == 0 && b->tc_fits && b->ct != LP_CT_F32 && lp_cu_att_tc_ok(c->head_dim, b->kt);
     int64_t n_qt = 0, n_atok = 0;
     for (int i = 0; tc && i < n_rows; i++)
         if (rows[i].n_tokens >= LP_CU_ATT_TC_MIN)
@@ -641,7 +650,8 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
             if (r->logits == LP_LOGITS_ALL || (r->logits == LP_LOGITS_LAST && j == r->n_tokens - 1))
                 h[ml.lidx + li++] = (int32_t)t;
             int64_t len = c->sliding_window > 0 && pos + 1 > c->sliding_window ? c->sliding_window : pos + 1;
-            max_len = LP_MAX(max_len, len);
+            if (!row_tc) /* the split decision is the per-token kernels' */
+                max_len = LP_MAX(max_len, len);
         }
         nb += nblk;
     }
@@ -659,10 +669,13 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     int group = c->n_heads / c->n_kv_heads, yg = c->n_kv_heads * ((group + LP_CU_ATT_HEADS - 1) / LP_CU_ATT_HEADS);
     bool few = b->attn_mode == 1 || (b->attn_mode == 0 && decode && T * yg < b->n_sm);
     int split_min = few ? LP_CU_ATT_SPLIT_MIN_FEW : LP_CU_ATT_SPLIT_MIN, splits = 1;
-    if (T * yg < 4 * b->n_sm && max_len > split_min) {
-        int64_t want = (4 * b->n_sm + T * yg - 1) / (T * yg);
+    /* only the per-token kernels split: a few decode rows beside a long
+     * prefill chunk still get their SMs' worth of splits */
+    int64_t Tp = n_qt ? n_atok : T;
+    if (Tp > 0 && Tp * yg < 4 * b->n_sm && max_len > split_min) {
+        int64_t want = (4 * b->n_sm + Tp * yg - 1) / (Tp * yg);
         splits = (int)LP_MIN(LP_MIN(want, (int64_t)LP_CU_ATT_MAX_SPLITS), (max_len + split_min - 1) / split_min);
-        splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / T);
+        splits = (int)LP_MIN((int64_t)splits, PART_TOKEN_SPLITS / Tp);
         if (splits < 1)
             splits = 1;
     }
@@ -680,10 +693,12 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     for (int i = 0; i < n_rows; i++)
         cs.dora |= rows[i].adapter >= 0 && b->slots[rows[i].adapter].dora;
     /* a graph pays off once a shape repeats: steady decode does, a batch
-     * whose rows come and go every step does not */
+     * whose rows come and go every step does not; a shape captured before
+     * replays whenever it comes back */
     bool repeat = !memcmp(&cs, &b->last_shape, sizeof cs);
     memcpy(&b->last_shape, &cs, sizeof cs);
-    rc = decode && b->use_graphs && repeat ? run_graph(b, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
+    bool graph = decode && b->use_graphs && (repeat || graph_find(b, &cs));
+    rc = graph ? run_graph(b, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
     if (rc)
         return rc;
     if (nl && logits)
@@ -866,6 +881,7 @@ static void slot_release(cuda_backend *b, int slot) {
         return;
     cudaStreamSynchronize(b->cp);
     cudaStreamSynchronize(b->st);
+    cudaStreamSynchronize(b->side); /* a failed forward may not have joined it */
     size_t per = (size_t)b->cfg->n_layers * 7;
     memset(b->h_desc + (size_t)slot * per, 0, per * sizeof(lp_cu_lora_desc));
     cudaMemcpy(b->d_desc + (size_t)slot * per, b->h_desc + (size_t)slot * per, per * sizeof(lp_cu_lora_desc),
@@ -1040,6 +1056,9 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, dev));
     b->n_sm = prop.multiProcessorCount;
+    int smem_optin = 0;
+    CU(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    b->tc_fits = lp_cu_att_tc_smem(c->head_dim) <= (size_t)smem_optin;
     snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
     CU(cudaStreamCreateWithFlags(&b->st, cudaStreamNonBlocking));
     CU(cudaStreamCreateWithFlags(&b->cp, cudaStreamNonBlocking));

@@ -289,7 +289,9 @@ __device__ __forceinline__ void attention_finish(const float (&m)[ATT_MAXG], con
             if (a.out32)
                 a.out32[o] = O / L;
         } else {
-            float *pp = a.part + (((size_t)t * a.H + h) * a.splits + split) * (hd + 2);
+            /* partials by the block's place in the per-token list (tokens
+             * the tensor-core kernel takes have none) */
+            float *pp = a.part + (((size_t)blockIdx.x * a.H + h) * a.splits + split) * (hd + 2);
             pp[d] = O;
             if (d == 0) {
                 pp[hd] = M;
@@ -501,7 +503,7 @@ __global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
     int t = a.tok ? a.tok[blockIdx.x] : (int)blockIdx.x, h = blockIdx.y, d = threadIdx.x, hd = a.hd;
     if (d >= hd)
         return;
-    const float *pp = a.part + ((size_t)t * a.H + h) * a.splits * (hd + 2);
+    const float *pp = a.part + ((size_t)blockIdx.x * a.H + h) * a.splits * (hd + 2);
     /* all loads first (unrolled to the most splits), then the arithmetic */
     float ms[LP_CU_ATT_MAX_SPLITS], ls[LP_CU_ATT_MAX_SPLITS], os[LP_CU_ATT_MAX_SPLITS];
 #pragma unroll
@@ -539,14 +541,19 @@ __global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
  * and adds P V with WMMA. Causal and sliding-window masks per query row. */
 #define TC_ROWS LP_CU_ATT_TC_ROWS
 #define TC_KV 16 /* positions per cache tile */
+/* Row pitch of the Q, K, V and O tiles: 8 elements past HD shifts each row
+ * by 16 (halves) or 32 (floats) bytes of banks, so the rows of one WMMA
+ * fragment do not all start in the same bank. Still a multiple of 8
+ * elements (WMMA's ldm) and every fragment stays 32-byte aligned. */
+#define TC_PITCH(HD) ((HD) + 8)
 
 template <int HD> struct tc_smem {
-    __half q[ATT_MAXG][TC_ROWS][HD];
-    __half k[TC_KV][HD];
-    __half v[TC_KV][HD];
+    __half q[ATT_MAXG][TC_ROWS][TC_PITCH(HD)];
+    __half k[TC_KV][TC_PITCH(HD)];
+    __half v[TC_KV][TC_PITCH(HD)];
     float s[ATT_MAXG][TC_ROWS][TC_KV];
     __half p[ATT_MAXG][TC_ROWS][TC_KV];
-    float o[ATT_MAXG][TC_ROWS][HD];
+    float o[ATT_MAXG][TC_ROWS][TC_PITCH(HD)];
     float m[ATT_MAXG][TC_ROWS], l[ATT_MAXG][TC_ROWS];
 };
 
@@ -608,8 +615,8 @@ __global__ void __launch_bounds__(ATT_MAXG * 32)
         for (int kd = 0; kd < HD; kd += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> qa;
             wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kb;
-            wmma::load_matrix_sync(qa, &sm.q[warp][0][kd], HD);
-            wmma::load_matrix_sync(kb, &sm.k[0][kd], HD); /* B(d, j) = K[j][d] */
+            wmma::load_matrix_sync(qa, &sm.q[warp][0][kd], TC_PITCH(HD));
+            wmma::load_matrix_sync(kb, &sm.k[0][kd], TC_PITCH(HD)); /* B(d, j) = K[j][d] */
             wmma::mma_sync(sf, qa, kb, sf);
         }
         wmma::store_matrix_sync(&sm.s[warp][0][0], sf, TC_KV, wmma::mem_row_major);
@@ -634,8 +641,10 @@ __global__ void __launch_bounds__(ATT_MAXG * 32)
             sm.p[warp][r][c * 8 + j] = __float2half_rn(pe);
         }
         ls += __shfl_xor_sync(0xffffffffu, ls, 1);
-        for (int d = c * (HD / 2); d < (c + 1) * (HD / 2); d++)
-            sm.o[warp][r][d] *= corr;
+        /* rescale the warp's output rows: consecutive lanes take consecutive
+         * elements (no bank conflicts); row rr's factor is on lane 2 rr */
+        for (int e = lane; e < TC_ROWS * HD; e += 32)
+            sm.o[warp][e / HD][e % HD] *= __shfl_sync(0xffffffffu, corr, 2 * (e / HD));
         __syncwarp(); /* both lanes of the row read m and l before one writes them */
         if (c == 0) {
             sm.m[warp][r] = mn;
@@ -649,37 +658,48 @@ __global__ void __launch_bounds__(ATT_MAXG * 32)
         for (int dn = 0; dn < HD; dn += 16) {
             wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> of;
-            wmma::load_matrix_sync(vb, &sm.v[0][dn], HD); /* B(j, d) = V[j][d] */
-            wmma::load_matrix_sync(of, &sm.o[warp][0][dn], HD, wmma::mem_row_major);
+            wmma::load_matrix_sync(vb, &sm.v[0][dn], TC_PITCH(HD)); /* B(j, d) = V[j][d] */
+            wmma::load_matrix_sync(of, &sm.o[warp][0][dn], TC_PITCH(HD), wmma::mem_row_major);
             wmma::mma_sync(of, pa, vb, of);
-            wmma::store_matrix_sync(&sm.o[warp][0][dn], of, HD, wmma::mem_row_major);
+            wmma::store_matrix_sync(&sm.o[warp][0][dn], of, TC_PITCH(HD), wmma::mem_row_major);
         }
         __syncwarp();
     }
-    if (warp >= ng || r >= nq)
+    if (warp >= ng)
         return;
-    float inv = 1.0f / sm.l[warp][r];
-    size_t base = (size_t)(t0 + r) * qdim + (size_t)(h0 + warp) * HD;
-    for (int d = c * (HD / 2); d < (c + 1) * (HD / 2); d++) {
-        float v = sm.o[warp][r][d] * inv;
-        out[base + d] = lp_to<OT>(v);
+    for (int e = lane; e < nq * HD; e += 32) { /* coalesced along each row */
+        int rr = e / HD, d = e % HD;
+        float v = sm.o[warp][rr][d] / sm.l[warp][rr];
+        size_t o = (size_t)(t0 + rr) * qdim + (size_t)(h0 + warp) * HD + d;
+        out[o] = lp_to<OT>(v);
         if (a.out32)
-            a.out32[base + d] = v;
+            a.out32[o] = v;
+    }
+}
+
+size_t lp_cu_att_tc_smem(int hd) {
+    switch (hd) { /* the sizes lp_cu_att_tc_ok accepts */
+    case 16: return sizeof(tc_smem<16>);
+    case 32: return sizeof(tc_smem<32>);
+    case 64: return sizeof(tc_smem<64>);
+    case 80: return sizeof(tc_smem<80>);
+    case 96: return sizeof(tc_smem<96>);
+    case 128: return sizeof(tc_smem<128>);
+    case 256: return sizeof(tc_smem<256>);
+    default: return SIZE_MAX;
     }
 }
 
 template <typename OT, int HD>
 static cudaError_t attention_tc_launch(const float *q, const void *kv, void *out, const lp_cu_attn *a,
                                        const lp_cu_toks *tk, cudaStream_t s) {
-    static bool sized = false; /* the shared memory past 48 KB is opted into once */
+    /* the shared memory past 48 KB is opted into on every launch: the
+     * setting is per device, and prefill calls (never captured) dwarf it */
     size_t bytes = sizeof(tc_smem<HD>);
-    if (!sized) {
-        cudaError_t e = cudaFuncSetAttribute(attention_tc_kernel<OT, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)bytes);
-        if (e != cudaSuccess)
-            return e;
-        sized = true;
-    }
+    cudaError_t e = cudaFuncSetAttribute(attention_tc_kernel<OT, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)bytes);
+    if (e != cudaSuccess)
+        return e;
     int group = a->H / a->KVH, hchunks = (group + ATT_MAXG - 1) / ATT_MAXG;
     attention_tc_kernel<OT, HD><<<dim3(a->n_qt, a->KVH * hchunks), ATT_MAXG * 32, bytes, s>>>(
         q, (const __half *)kv, (OT *)out, *a, *tk);

@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
             if (tt < it.n) {
                 float v = lp_warp_sum(acc[tt]);
                 if (lane == 0)
-                    c.V[(((size_t)blockIdx.y * c.T + c.perm[it.p0 + tt]) * LP_CU_MAX_MODS + z) * c.rmax + r] = v;
+                    c.V[(((size_t)blockIdx.y * c.T + it.p0 + tt) * LP_CU_MAX_MODS + z) * c.rmax + r] = v;
             }
         }
     }
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
     size_t stride = (size_t)c.T * LP_CU_MAX_MODS * c.rmax;
     for (int e = threadIdx.x; e < it.n * d.rank; e += blockDim.x) {
         int tt = e / d.rank, r = e % d.rank;
-        float *v = c.V + ((size_t)c.perm[it.p0 + tt] * LP_CU_MAX_MODS + z) * c.rmax + r;
+        float *v = c.V + ((size_t)(it.p0 + tt) * LP_CU_MAX_MODS + z) * c.rmax + r;
         float sum = 0.0f;
         for (int sp = 0; sp < (int)gridDim.y; sp++)
             sum += __ldcg(v + sp * stride); /* L2: other blocks wrote them */
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
     int R = d.rank;
     for (int e = threadIdx.x; e < it.n * R; e += blockDim.x) {
         int tt = e / R, k = e % R;
-        vs[tt][k] = c.V[((size_t)c.perm[it.p0 + tt] * LP_CU_MAX_MODS + z) * c.rmax + k];
+        vs[tt][k] = c.V[((size_t)(it.p0 + tt) * LP_CU_MAX_MODS + z) * c.rmax + k];
     }
     __syncthreads();
     int o0 = (blockIdx.y * EXPAND_THREADS + threadIdx.x) * EXPAND_VEC;

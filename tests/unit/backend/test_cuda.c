@@ -33,7 +33,10 @@
  *      with and without a sliding window: a 300-token
  *      prefill (every position) and decode steps of two rows, through each
  *      attention kernel (LORAPLEX_CUDA_ATTN few, tile and the default), within
- *      the pass's base tolerance of the CPU backend.
+ *      the pass's base tolerance of the CPU backend;
+ *   h. a call of 2047 base prefill tokens beside one adapter decode token on
+ *      a model with an FFN of 8192 (finely split LoRA shrinks in a long call)
+ *      runs and matches the CPU backend.
  * Without a CUDA device (or in a build without the CUDA backend) it prints
  * "no CUDA device: skipped" and exits 77, which CTest counts as skipped.
  * usage: test_cuda FIXTURE_DIR... (tests/data/conform/<family>) */
@@ -694,6 +697,118 @@ static void check_synth(const char *root) {
         }
 }
 
+/* ---- h: a long base prefill chunk beside an adapter decode row ---------- */
+
+/* The engine's chunked prefill puts a base prompt chunk and the adapter rows'
+ * decode tokens in one call. With few adapter tiles the LoRA shrink splits K
+ * finely (the down projection's K = ffn), while the call has many tokens:
+ * the split-K partials must be sized by adapter tokens, not by the call's
+ * (before, a call like this failed with "LoRA scratch too small" from
+ * 512 tokens on a Qwen2.5-7B). A one-layer model with a wide FFN of 8192,
+ * a call of WIDE_T - 1 base tokens and one adapter token, against the CPU. */
+#define WIDE_T 2048
+#define WIDE_CTX 24 /* the adapter row's cached prompt */
+static lp_backend *wide_backend(lp_model *m, lp_adapter *ad, bool cuda) {
+    lp_backend_params bp = lp_backend_default_params();
+    bp.block_size = BLOCK_SIZE;
+    bp.n_kv_blocks = WIDE_T / BLOCK_SIZE + 4;
+    bp.max_rows = 2;
+    bp.max_tokens = WIDE_T;
+    bp.max_logit_rows = 2;
+    bp.max_adapters = 1;
+    bp.max_lora_rank = 16;
+    lp_backend *be = NULL;
+    lp_error err = {0};
+    int rc = cuda ? lp_backend_cuda_new(m, &bp, &be, &err) : lp_backend_cpu_new(m, &bp, &be, &err);
+    if (!rc && (rc = lp_backend_adapter_load(be, 0, ad, &err)) != LP_OK) {
+        lp_backend_free(be);
+        be = NULL;
+    }
+    if (rc)
+        fprintf(stderr, "wide %s backend: %s\n", cuda ? "cuda" : "cpu", err.msg);
+    return be;
+}
+
+/* The adapter row's prompt, then the mixed call; logits of its two rows. */
+static int wide_run(lp_backend *be, int vocab, float *out, lp_error *err) {
+    static int32_t base[WIDE_T], ad[WIDE_CTX + 1];
+    int32_t bblocks[WIDE_T / BLOCK_SIZE], ablocks[2];
+    for (int i = 0; i < WIDE_T; i++)
+        base[i] = (int32_t)((i * 37 + 11) % vocab);
+    for (int i = 0; i <= WIDE_CTX; i++)
+        ad[i] = (int32_t)((i * 53 + 3) % vocab);
+    for (int i = 0; i < WIDE_T / BLOCK_SIZE; i++)
+        bblocks[i] = i;
+    ablocks[0] = WIDE_T / BLOCK_SIZE;
+    ablocks[1] = WIDE_T / BLOCK_SIZE + 1;
+    lp_batch_row rows[2];
+    rows[0] = (lp_batch_row){.tokens = ad, .n_tokens = WIDE_CTX, .pos0 = 0, .blocks = ablocks, .adapter = 0,
+                             .adapter_scale = 1.0f, .logits = LP_LOGITS_NONE};
+    int rc = lp_backend_forward(be, rows, 1, NULL, err);
+    if (rc)
+        return rc;
+    rows[0] = (lp_batch_row){.tokens = base, .n_tokens = WIDE_T - 1, .pos0 = 0, .blocks = bblocks, .adapter = -1,
+                             .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+    rows[1] = (lp_batch_row){.tokens = ad + WIDE_CTX, .n_tokens = 1, .pos0 = WIDE_CTX, .blocks = ablocks,
+                             .adapter = 0, .adapter_scale = 1.0f, .logits = LP_LOGITS_LAST};
+    return lp_backend_forward(be, rows, 2, out, err);
+}
+
+static void check_wide(const char *root) {
+    char dir[512], adir[600];
+    snprintf(dir, sizeof dir, "%s/wide", root);
+    snprintf(adir, sizeof adir, "%s/wide-adapter", root);
+    lp_synth_params p;
+    lp_error err = {0};
+    CHECK(lp_synth_preset("tiny", &p, &err) == LP_OK);
+    p.arch = LP_ARCH_LLAMA;
+    p.dtype = LP_DTYPE_BF16;
+    p.n_layers = 1;
+    p.n_heads = 4;
+    p.n_kv_heads = 2;
+    p.head_dim = 64;
+    p.hidden = 256;
+    p.ffn = 8192;
+    p.vocab = 512;
+    p.max_pos = WIDE_T + 64;
+    p.seed = 99;
+    lp_model *m = NULL;
+    lp_adapter *ad = NULL;
+    char cfg[700];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    bool made = access(cfg, F_OK) == 0; /* by the first pass */
+    int rc = made ? LP_OK : lp_synth_model(&p, dir, NULL, &err);
+    if (!rc)
+        rc = lp_model_load(dir, &m, NULL, NULL, &err);
+    lp_synth_adapter_params ap = {.rank = 16, .alpha = 32.0f, .targets = 0x7f, .dtype = LP_DTYPE_BF16, .seed = 7};
+    if (!rc && !made)
+        rc = lp_synth_adapter(m, &ap, adir, &err);
+    if (!rc)
+        rc = lp_adapter_load(adir, m, NULL, &ad, &err);
+    CHECKF(rc == LP_OK, "wide model: %s", err.msg);
+    float *want = malloc(sizeof(float) * 2 * 512), *got = malloc(sizeof(float) * 2 * 512);
+    lp_backend *cpu = rc ? NULL : wide_backend(m, ad, false);
+    int ok = cpu && want && got && wide_run(cpu, 512, want, &err) == LP_OK;
+    CHECKF(ok, "wide: CPU run: %s", err.msg);
+    lp_backend_free(cpu);
+    lp_backend *gpu = ok ? wide_backend(m, ad, true) : NULL;
+    rc = gpu ? wide_run(gpu, 512, got, &err) : -1;
+    CHECKF(!ok || rc == LP_OK, "%s wide: %d base tokens + 1 adapter token in one call: %s", g_pass, WIDE_T - 1,
+           gpu ? err.msg : "no backend");
+    if (ok && rc == LP_OK) {
+        double eb = rel_l2(got, want, 512), ea = rel_l2(got + 512, want + 512, 512);
+        CHECKF(eb <= g_tol && ea <= g_tol_lora, "%s wide: rel L2 vs CPU base %.3g adapter %.3g (limits %.0e, %.0e)",
+               g_pass, eb, ea, g_tol, g_tol_lora);
+        printf("%-6s wide ffn 8192: %d base tokens + 1 adapter token, rel L2 vs CPU base %.2e adapter %.2e\n", g_pass,
+               WIDE_T - 1, eb, ea);
+    }
+    lp_backend_free(gpu);
+    lp_adapter_free(ad);
+    lp_model_free(m);
+    free(want);
+    free(got);
+}
+
 static void check_fixture(const char *dir) {
     fixture f;
     CHECKF(fixture_load(dir, &f) == 0, "%s: cannot load the fixture", dir);
@@ -737,8 +852,10 @@ int main(int argc, char **argv) {
     CHECK(have_root);
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
-    if (have_root)
+    if (have_root) {
         check_synth(root);
+        check_wide(root);
+    }
     /* pass 2, fp32 compute (LORAPLEX_CUDA_DTYPE=float32): the same kernels
      * without bf16 rounding must match the reference like the CPU does */
     setenv("LORAPLEX_CUDA_DTYPE", "float32", 1);
@@ -746,8 +863,10 @@ int main(int argc, char **argv) {
     g_tol = g_tol_lora = 1e-4;
     for (int i = 1; i < argc; i++)
         check_fixture(argv[i]);
-    if (have_root)
+    if (have_root) {
         check_synth(root);
+        check_wide(root);
+    }
     unsetenv("LORAPLEX_CUDA_DTYPE");
     if (have_root) {
         char cmd[128];
