@@ -98,39 +98,83 @@ static void *take(chunk *c, block *b, size_t size) {
     return c->base + b->off;
 }
 
+static bool all_free(const chunk *c) { return !c->blocks->used && !c->blocks->next; }
+
+/* Unlink and return an all-free chunk (the spare), or NULL. */
+static chunk *unlink_spare(lp_hostpool *p) {
+    for (chunk **pp = &p->chunks; *pp; pp = &(*pp)->next)
+        if (all_free(*pp)) {
+            chunk *c = *pp;
+            *pp = c->next;
+            p->held -= c->size;
+            return c;
+        }
+    return NULL;
+}
+
+static void chunk_release(lp_hostpool *p, chunk *c) {
+    if (!c)
+        return;
+    p->cf(c->base, p->ctx);
+    free(c->blocks);
+    free(c);
+}
+
+/* Chunks are obtained and returned outside the lock (pinning and unpinning
+ * take milliseconds and may wait for the GPU): the bytes of a new chunk are
+ * reserved first. */
 void *lp_hostpool_alloc(lp_hostpool *p, size_t bytes) {
     if (!bytes || bytes > SIZE_MAX - p->align)
         return NULL;
     size_t size = (bytes + p->align - 1) / p->align * p->align;
+    chunk *drop = NULL;
+    size_t cs = 0;
     pthread_mutex_lock(&p->mu);
     void *r = NULL;
     for (chunk *c = p->chunks; c && !r; c = c->next)
         for (block *b = c->blocks; b && !r; b = b->next)
             if (!b->used && b->size >= size)
                 r = take(c, b, size);
-    if (!r) { /* a new chunk */
-        size_t cs = size > p->chunk_bytes ? size : p->chunk_bytes;
-        if (p->max_bytes && p->held < p->max_bytes && cs > p->max_bytes - p->held && size <= p->max_bytes - p->held)
-            cs = p->max_bytes - p->held; /* a smaller last chunk still fits */
-        bool room = !p->max_bytes || (p->held <= p->max_bytes && cs <= p->max_bytes - p->held);
-        chunk *c = room ? calloc(1, sizeof *c) : NULL;
-        block *b = room ? calloc(1, sizeof *b) : NULL;
-        char *base = c && b ? p->ca(cs, p->ctx) : NULL;
-        if (!base) {
-            free(c);
-            free(b);
-        } else {
-            c->base = base;
-            c->size = cs;
-            b->size = cs;
-            c->blocks = b;
-            c->next = p->chunks;
-            p->chunks = c;
-            p->held += cs;
-            r = take(c, b, size);
+    if (!r) { /* a new chunk; a large request's rounded up to whole chunk sizes, so
+               * that the spare it leaves serves the next request of about its size */
+        cs = size <= p->chunk_bytes ? p->chunk_bytes
+             : size <= SIZE_MAX - p->chunk_bytes ? (size + p->chunk_bytes - 1) / p->chunk_bytes * p->chunk_bytes
+                                                 : size;
+        if (p->max_bytes) {
+            size_t left = p->held < p->max_bytes ? p->max_bytes - p->held : 0;
+            if (size > left) { /* a spare too small for this one gives its room */
+                drop = unlink_spare(p);
+                left = p->held < p->max_bytes ? p->max_bytes - p->held : 0;
+            }
+            if (cs > left)
+                cs = size <= left ? left : 0; /* a smaller last chunk still fits */
         }
+        p->held += cs;
     }
     pthread_mutex_unlock(&p->mu);
+    chunk_release(p, drop);
+    if (r || !cs)
+        return r;
+    chunk *c = calloc(1, sizeof *c);
+    block *b = calloc(1, sizeof *b);
+    char *base = c && b ? p->ca(cs, p->ctx) : NULL;
+    pthread_mutex_lock(&p->mu);
+    if (!base) {
+        p->held -= cs;
+    } else {
+        c->base = base;
+        c->size = cs;
+        b->size = cs;
+        c->blocks = b;
+        c->next = p->chunks;
+        p->chunks = c;
+        r = take(c, b, size);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!base) {
+        free(c);
+        free(b);
+    }
     return r;
 }
 
@@ -144,30 +188,29 @@ static void merge_next(block *b) {
     free(n);
 }
 
-static bool all_free(const chunk *c) { return !c->blocks->used && !c->blocks->next; }
 
 /* Chunk c has just become all free: keep it as the pool's one spare, or
- * return it when another all-free chunk already is. */
-static void drop_spare(lp_hostpool *p, chunk *c) {
+ * unlink it (returned, for the caller to release outside the lock) when
+ * another all-free chunk already is. */
+static chunk *drop_spare(lp_hostpool *p, chunk *c) {
     bool other = false;
     for (chunk *o = p->chunks; o && !other; o = o->next)
         other = o != c && all_free(o);
     if (!other)
-        return;
+        return NULL;
     for (chunk **pp = &p->chunks; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
             break;
         }
     p->held -= c->size;
-    free(c->blocks);
-    p->cf(c->base, p->ctx);
-    free(c);
+    return c;
 }
 
 void lp_hostpool_free(lp_hostpool *p, void *ptr) {
     if (!ptr)
         return;
+    chunk *drop = NULL;
     pthread_mutex_lock(&p->mu);
     for (chunk *c = p->chunks; c; c = c->next) {
         if ((char *)ptr < c->base || (char *)ptr >= c->base + c->size)
@@ -184,10 +227,11 @@ void lp_hostpool_free(lp_hostpool *p, void *ptr) {
         if (b->prev && !b->prev->used)
             merge_next(b->prev);
         if (all_free(c))
-            drop_spare(p, c);
+            drop = drop_spare(p, c);
         break;
     }
     pthread_mutex_unlock(&p->mu);
+    chunk_release(p, drop);
 }
 
 void lp_hostpool_get_stats(lp_hostpool *p, lp_hostpool_stats *st) {

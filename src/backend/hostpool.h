@@ -4,7 +4,10 @@
  * cudaFreeHost cost milliseconds per hundred MB and may wait for the GPU).
  *
  * First fit over the chunks' free blocks; a freed block merges with free
- * neighbours. A request larger than the chunk size gets a chunk of its own.
+ * neighbours. A request larger than the chunk size gets a chunk of its own,
+ * rounded up to whole chunk sizes (so the chunk it leaves serves the next
+ * adapter of about its size). Chunks are obtained and returned outside the
+ * pool's lock.
  * A chunk that becomes all free is kept as a spare, or returned when there
  * already is one: the pool holds what is in use (plus fragmentation) and at
  * most one free chunk. Thread-safe. Reference counted, so blocks may outlive the

@@ -122,9 +122,11 @@ LP_HD void lp_sel_sort(uint64_t *s, int t, int dt) {
 /* Tile [t0, t0 + LP_SEL_TILE) of one row: its keys with the row's
  * adjustments applied, sorted; the best k (< LP_SEL_TILE) to out; the
  * tile's max and sum of expf((v - max) / T) (0 unless T > 0) to *tmax,
- * *tsum (written by thread 0). */
+ * *tsum (written by thread 0; doubles, so that the total over the tiles
+ * agrees with the host's sum in index order to ~1e-7, not to a float's
+ * rounding per tile). */
 LP_HD void lp_sel_tile(const float *row, int vocab, int t0, const lp_logit_adjust *adj, int n_adj, int k, float T,
-                       uint64_t *s, double *red, uint64_t *out, float *tmax, float *tsum, int t, int dt) {
+                       uint64_t *s, double *red, uint64_t *out, double *tmax, double *tsum, int t, int dt) {
     for (int i = t; i < LP_SEL_TILE; i += dt) {
         int v = t0 + i;
         s[i] = v < vocab ? lp_sel_key(row[v], (uint32_t)v) : LP_SEL_PAD;
@@ -152,7 +154,7 @@ LP_HD void lp_sel_tile(const float *row, int vocab, int t0, const lp_logit_adjus
         for (int i = 0; i < dt; i++)
             sum += red[i];
         *tmax = mx;
-        *tsum = (float)sum;
+        *tsum = sum;
     }
 }
 
@@ -175,11 +177,11 @@ LP_HD void lp_sel_merge(const uint64_t *keys, int n_tiles, int k, int stride, ui
 }
 
 /* sum_v expf((v - max) / T) from per-tile (tile max, sum relative to it). */
-LP_HD double lp_sel_total(const float *tmax, const float *tsum, int n_tiles, float max, float T) {
+LP_HD double lp_sel_total(const double *tmax, const double *tsum, int n_tiles, float max, float T) {
     double tot = 0.0;
     for (int i = 0; i < n_tiles; i++)
-        if (tsum[i] > 0.0f)
-            tot += (double)tsum[i] * exp(((double)tmax[i] - (double)max) / (double)T);
+        if (tsum[i] > 0.0)
+            tot += tsum[i] * exp((tmax[i] - (double)max) / (double)T);
     return tot;
 }
 

@@ -224,15 +224,21 @@ int lp_sampler_choose(const lp_sampling_params *p, double u01, const lp_sample_r
         sum = r->total;
     }
     double x = u01 * sum, cum = 0.0;
+    int last = 0; /* the last token with a probability above 0 */
     for (int i = 0; i < n; i++) {
         if (i == have)
             return LP_SAMPLER_MORE;
-        cum += PROB(i);
+        float pi = PROB(i);
+        cum += pi;
+        if (pi > 0.0f)
+            last = i;
         if (x < cum)
             return i;
     }
 #undef PROB
-    return n - 1;
+    /* x at or past the walk's sum: only by rounding of a backend's total
+     * (summed in another order); not a token that cannot be drawn */
+    return last;
 }
 
 lp_candidate lp_sampler_choose_row(lp_sampler *s, const lp_sampling_params *p, double u01, const float *raw,

@@ -97,11 +97,17 @@ static void free_entry_resources(lp_store *s, entry *e) {
     e->host = NULL;
 }
 
+/* Backend slots are the engine thread's: a forward may be running (or being
+ * captured into a CUDA graph) on another thread, and unloading a slot waits
+ * for the GPU's streams. Other threads (the API, the directory scan, the
+ * loader) leave entries holding a slot to the engine thread's next
+ * lp_store_collect/acquire/release; `engine` says which thread this is. */
+
 /* Drop retired entries nobody uses any more. */
-static void reap(lp_store *s) {
+static void reap(lp_store *s, bool engine) {
     for (entry **pp = &s->list; *pp;) {
         entry *e = *pp;
-        if (e->retired && e->pins == 0 && !e->loading) {
+        if (e->retired && e->pins == 0 && !e->loading && (engine || e->slot < 0)) {
             *pp = e->next;
             free_entry_resources(s, e);
             free(e);
@@ -111,11 +117,13 @@ static void reap(lp_store *s) {
     }
 }
 
-/* Evict the least recently used unpinned host-resident entry (and its slot). */
-static bool evict_host_lru(lp_store *s) {
+/* Evict the least recently used unpinned host-resident entry (and its slot:
+ * on the engine thread only). */
+static bool evict_host_lru(lp_store *s, bool engine) {
     entry *victim = NULL;
     for (entry *e = s->list; e; e = e->next)
-        if (e->host && e->pins == 0 && !e->loading && (!victim || e->last_use < victim->last_use))
+        if (e->host && e->pins == 0 && !e->loading && (engine || e->slot < 0) &&
+            (!victim || e->last_use < victim->last_use))
             victim = e;
     if (!victim)
         return false;
@@ -186,7 +194,7 @@ static void *loader_main(void *arg) {
             LP_INFO("adapter '%s': loaded into the host tier in %.1f ms (rank %d, %.2f MiB)", e->name, ms,
                     a->info.max_rank, (double)a->info.bytes / 1048576.0);
         }
-        reap(s);
+        reap(s, false);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -287,7 +295,7 @@ static entry *find_live(lp_store *s, const char *name) {
 static void retire(lp_store *s, entry *e) {
     e->retired = true;
     if (e->pins == 0 && !e->loading)
-        reap(s);
+        reap(s, false); /* an entry in a slot waits for the engine thread */
 }
 
 static bool inside_roots(lp_store *s, const char *real) {
@@ -394,7 +402,7 @@ int lp_store_register(lp_store *s, const char *name, const char *path, bool repl
         return lp_error_set(err, LP_ERR_NOMEM, "out of memory");
     }
     /* keep it in the host tier if there is room */
-    while (host_count(s) >= s->p.max_cpu_loras && evict_host_lru(s))
+    while (host_count(s) >= s->p.max_cpu_loras && evict_host_lru(s, false))
         ;
     if (host_count(s) < s->p.max_cpu_loras) {
         e->host = a;
@@ -539,8 +547,15 @@ int lp_store_scan(lp_store *s) {
     return changes;
 }
 
+void lp_store_collect(lp_store *s) {
+    pthread_mutex_lock(&s->mu);
+    reap(s, true);
+    pthread_mutex_unlock(&s->mu);
+}
+
 int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp_error *err) {
     pthread_mutex_lock(&s->mu);
+    reap(s, true); /* entries retired by other threads free their slots here */
     int rc = LP_ERR_BUSY;
     entry *e = find_live(s, name);
     if (!e) {
@@ -560,7 +575,7 @@ int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp
             goto out;
         }
         /* start a host load if there is (or can be made) room */
-        while (host_count(s) >= s->p.max_cpu_loras && evict_host_lru(s))
+        while (host_count(s) >= s->p.max_cpu_loras && evict_host_lru(s, true))
             ;
         if (host_count(s) >= s->p.max_cpu_loras || s->q_len == QUEUE_CAP)
             goto out;
@@ -593,7 +608,7 @@ int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp
         victim->slot = -1;
         s->st.evictions[LP_TIER_DEVICE]++;
         if (victim->retired)
-            reap(s);
+            reap(s, true);
     }
     if ((rc = lp_backend_adapter_load(s->be, free_slot, e->host, err)) != LP_OK)
         goto out;
@@ -622,7 +637,7 @@ void lp_store_release(lp_store *s, void *handle) {
     e->pins--;
     e->last_use = wall_now();
     if (e->retired && e->pins == 0)
-        reap(s);
+        reap(s, true);
     pthread_mutex_unlock(&s->mu);
 }
 

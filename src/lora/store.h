@@ -7,8 +7,9 @@
  * LRU). An adapter pinned by a queued or running row is never evicted;
  * replacing or unregistering one lets the rows using it finish on the old
  * weights. Thread-safe: every function may be called from any thread, but
- * acquire/release (which touch backend slots) only from the engine thread
- * between steps. */
+ * acquire/release/collect (which touch backend slots) only from the engine
+ * thread between steps; an adapter other threads retire or evict while it
+ * holds a slot keeps the slot until the engine thread's next call. */
 #ifndef LP_LORA_STORE_H
 #define LP_LORA_STORE_H
 
@@ -84,6 +85,10 @@ bool lp_store_has(lp_store *s, const char *name);
  * errors: the adapter failed to load (message in err). */
 int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp_error *err);
 void lp_store_release(lp_store *s, void *handle);
+/* Engine thread, between steps: unload the slots of adapters that other
+ * threads retired (unregistered, replaced, changed on disk). The server's
+ * worker calls it every turn of its loop (at least every 50 ms). */
+void lp_store_collect(lp_store *s);
 /* A number unique to the adapter weights behind a handle (changes when the
  * adapter is replaced): the prefix-cache key. Never 0. */
 uint64_t lp_store_handle_uid(const void *handle);

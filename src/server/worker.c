@@ -270,6 +270,7 @@ static void *worker_main(void *arg) {
                 lp__job_cancel(s, s->run[i]);
         }
 
+        lp_store_collect(s->store); /* slots of adapters retired elsewhere */
         /* admit waiting jobs whose adapter is resident; others keep waiting
          * without holding up the rest (no head-of-line blocking) */
         bool pending_loads = false;

@@ -217,7 +217,7 @@ int lp_cu_sample_tiles(int vocab);
  * (n_specs, 2, tiles) are scratch; `logprobs`: some spec has
  * n_logprobs >= 0 (a second selection over the raw logits). */
 cudaError_t lp_cu_sample(const float *logits, int vocab, const lp_cu_sample_spec *specs, int n_specs,
-                         const lp_logit_adjust *adj, int logprobs, uint64_t *tile_keys, float *tile_stat,
+                         const lp_logit_adjust *adj, int logprobs, uint64_t *tile_keys, double *tile_stat,
                          lp_cu_sample_out *out, cudaStream_t s);
 
 #endif

@@ -129,7 +129,7 @@ typedef struct cuda_backend {
     lp_logit_adjust *h_sadj, *d_sadj;     /* a chunk's adjustments, grown as needed */
     size_t sadj_cap;
     uint64_t *d_tkeys; /* selection scratch: (chunk, tiles, LP_SAMPLE_MAX_CAND) */
-    float *d_tstat;    /* (chunk, 2, tiles) */
+    double *d_tstat;   /* (chunk, 2, tiles) */
     int sample_chunk;  /* specs per launch: min(max_logit_rows, LP_CU_SAMPLE_CHUNK) */
 } cuda_backend;
 
@@ -596,6 +596,7 @@ static int run_graph(cuda_backend *b, const call_shape *cs, const meta_layout *m
 
 static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, float *logits, lp_error *err) {
     cuda_backend *b = (cuda_backend *)base;
+    CU(cudaSetDevice(b->dev)); /* the current device is per thread: every op names it */
     const lp_model_config *c = b->cfg;
     const lp_backend_params *P = &base->params;
     int64_t T, nl;
@@ -716,6 +717,7 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
 static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_specs, lp_sample_result *out,
                        lp_error *err) {
     cuda_backend *b = (cuda_backend *)base;
+    CU(cudaSetDevice(b->dev));
     int V = b->cfg->vocab;
     int rc = lp_sample_check(specs, n_specs, b->n_logits, V, LP_SAMPLE_MAX_CAND, err);
     if (rc)
@@ -757,7 +759,7 @@ static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_spec
             memcpy(r->cand, o->cand, (size_t)o->n_cand * sizeof(lp_candidate));
             if (sp->n_logprobs >= 0) {
                 r->raw_lse = o->raw_lse;
-                memcpy(r->top, o->top, (size_t)sp->n_logprobs * sizeof(lp_token_logprob));
+                memcpy(r->top, o->top, (size_t)LP_MIN(sp->n_logprobs, V) * sizeof(lp_token_logprob));
             } else {
                 r->raw_lse = 0.0;
             }
@@ -768,6 +770,7 @@ static int cuda_sample(lp_backend *base, const lp_sample_spec *specs, int n_spec
 
 static const float *cuda_logits(lp_backend *base, int first, int n, float *buf, lp_error *err) {
     cuda_backend *b = (cuda_backend *)base;
+    cudaSetDevice(b->dev);
     if (lp_logits_check(first, n, b->n_logits, err))
         return NULL;
     size_t V = (size_t)b->cfg->vocab;
@@ -899,6 +902,7 @@ static void slot_release(cuda_backend *b, int slot) {
 
 static void cuda_adapter_unload(lp_backend *base, int slot) {
     cuda_backend *b = (cuda_backend *)base;
+    cudaSetDevice(b->dev);
     if (slot >= 0 && slot < base->params.max_adapters)
         slot_release(b, slot);
 }
@@ -909,6 +913,7 @@ static void cuda_adapter_unload(lp_backend *base, int slot) {
  * copy stream. */
 static int cuda_adapter_load(lp_backend *base, int slot, const lp_adapter *a, lp_error *err) {
     cuda_backend *b = (cuda_backend *)base;
+    CU(cudaSetDevice(b->dev));
     const lp_model_config *c = b->cfg;
     int rc = lp__backend_check_adapter(base, slot, a, err);
     if (rc)
@@ -968,6 +973,7 @@ static void cuda_free(lp_backend *base) {
     cuda_backend *b = (cuda_backend *)base;
     if (!b)
         return;
+    cudaSetDevice(b->dev);
     if (b->st)
         cudaStreamSynchronize(b->st);
     if (b->side)
@@ -1010,6 +1016,7 @@ static void cuda_free(lp_backend *base) {
 
 static void *cuda_host_alloc(lp_backend *base, size_t bytes) {
     void *p = NULL;
+    cudaSetDevice(((cuda_backend *)base)->dev);
     if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError();
         return NULL;
@@ -1161,7 +1168,7 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     if ((rc = dmalloc(&b->d_sspec, chunk * sizeof(lp_cu_sample_spec), "sampling", err)) ||
         (rc = dmalloc(&b->d_sout, chunk * sizeof(lp_cu_sample_out), "sampling", err)) ||
         (rc = dmalloc(&b->d_tkeys, chunk * tiles * LP_SAMPLE_MAX_CAND * sizeof(uint64_t), "sampling", err)) ||
-        (rc = dmalloc(&b->d_tstat, chunk * tiles * 2 * sizeof(float), "sampling", err)) ||
+        (rc = dmalloc(&b->d_tstat, chunk * tiles * 2 * sizeof(double), "sampling", err)) ||
         (rc = grow_pair((void **)&b->h_sadj, (void **)&b->d_sadj, &b->sadj_cap, 4096, sizeof(lp_logit_adjust),
                         err)))
         return rc;

@@ -43,7 +43,7 @@ __device__ __forceinline__ bool pass_params(const lp_cu_sample_spec &sp, int pas
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_tile_kernel(const float *logits, int vocab, const lp_cu_sample_spec *specs, const lp_logit_adjust *adj,
-                       int pass, uint64_t *tile_keys, float *tile_stat, int n_tiles) {
+                       int pass, uint64_t *tile_keys, double *tile_stat, int n_tiles) {
     __shared__ uint64_t s[LP_SEL_TILE];
     __shared__ double red[SAMPLE_THREADS];
     lp_cu_sample_spec sp = specs[blockIdx.y];
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (!pass_params(sp, pass, &k, &T, &n_adj))
         return;
     int tile = blockIdx.x;
-    float *st = tile_stat + (size_t)blockIdx.y * 2 * n_tiles;
+    double *st = tile_stat + (size_t)blockIdx.y * 2 * n_tiles;
     lp_sel_tile(logits + (size_t)sp.row * vocab, vocab, tile * LP_SEL_TILE, adj + sp.adj_off, n_adj, k, T, s, red,
                 tile_keys + ((size_t)blockIdx.y * n_tiles + tile) * LP_SAMPLE_MAX_CAND, st + tile, st + n_tiles + tile,
                 threadIdx.x, blockDim.x);
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_merge_kernel(const float *logits, int vocab, const lp_cu_sample_spec *specs, int pass,
-                        const uint64_t *tile_keys, const float *tile_stat, int n_tiles, lp_cu_sample_out *out) {
+                        const uint64_t *tile_keys, const double *tile_stat, int n_tiles, lp_cu_sample_out *out) {
     __shared__ uint64_t s[LP_SEL_TILE];
     __shared__ double lse;
     lp_cu_sample_spec sp = specs[blockIdx.x];
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     lp_sel_merge(tile_keys + (size_t)blockIdx.x * n_tiles * LP_SAMPLE_MAX_CAND, n_tiles, k, LP_SAMPLE_MAX_CAND, s, t,
                  dt);
     const float *row = logits + (size_t)sp.row * vocab;
-    const float *st = tile_stat + (size_t)blockIdx.x * 2 * n_tiles;
+    const double *st = tile_stat + (size_t)blockIdx.x * 2 * n_tiles;
     lp_cu_sample_out *o = &out[blockIdx.x];
     int n = k < vocab ? k : vocab;
     if (t == 0) {
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 }
 
 cudaError_t lp_cu_sample(const float *logits, int vocab, const lp_cu_sample_spec *specs, int n_specs,
-                         const lp_logit_adjust *adj, int logprobs, uint64_t *tile_keys, float *tile_stat,
+                         const lp_logit_adjust *adj, int logprobs, uint64_t *tile_keys, double *tile_stat,
                          lp_cu_sample_out *out, cudaStream_t s) {
     int n_tiles = lp_cu_sample_tiles(vocab);
     for (int pass = 0; pass < (logprobs ? 2 : 1); pass++) {

@@ -100,6 +100,18 @@ int main(void) {
     void *whole = lp_hostpool_alloc(p, CHUNK);
     CHECK(whole != NULL && cnt.allocs == before); /* reuses a free chunk */
 
+    /* a large request's chunk is rounded up to whole chunks, so the spare it
+     * leaves takes the next request of about its size without a new chunk */
+    void *big = lp_hostpool_alloc(p, CHUNK + CHUNK / 2);
+    lp_hostpool_get_stats(p, &st);
+    CHECKF(big != NULL && st.chunk_bytes == 3 * (size_t)CHUNK, "a 1.5-chunk request: %zu bytes held",
+           st.chunk_bytes);
+    lp_hostpool_free(p, big);
+    before = cnt.allocs;
+    big = lp_hostpool_alloc(p, CHUNK + CHUNK / 2 + 4 * ALIGN);
+    CHECKF(big != NULL && cnt.allocs == before, "a slightly larger request: %d new chunks", cnt.allocs - before);
+    lp_hostpool_free(p, big);
+
     /* no chunk to be had: NULL, and the pool goes on */
     cnt.fail = true;
     CHECK(lp_hostpool_alloc(p, (size_t)64 * CHUNK) == NULL);

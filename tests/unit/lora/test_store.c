@@ -7,7 +7,12 @@
  *   - evicting an adapter from the host tier frees its staged copy;
  *   - a staging failure is the adapter's load error, with the backend's
  *     message, and the store keeps working;
- *   - every staged copy is freed exactly once by the time the store is.
+ *   - every staged copy is freed exactly once by the time the store is;
+ *   - backend slots are unloaded only on the engine thread (the one calling
+ *     acquire/release/collect): an adapter unregistered or evicted by another
+ *     thread while in a slot keeps it until the engine thread's next call
+ *     (on CUDA a foreign unload synchronized a stream the engine thread may
+ *     be capturing into a graph).
  * usage: test_store MODELS_DIR */
 #include <pthread.h>
 #include <stdio.h>
@@ -25,6 +30,8 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_staged, g_freed, g_loads, g_loads_staged;
 static pthread_t g_stage_thread;
 static const char *g_fail; /* stage fails for adapters whose directory contains this */
+static int g_unloads, g_unloads_foreign;
+static pthread_t g_engine_thread;
 static const lp_backend_ops *g_cpu;
 static lp_backend_ops g_ops;
 
@@ -57,6 +64,39 @@ static int fake_load(lp_backend *b, int slot, const lp_adapter *a, lp_error *err
     g_loads_staged += a->staged != NULL && a->staged_by == b;
     pthread_mutex_unlock(&g_mu);
     return g_cpu->adapter_load(b, slot, a, err);
+}
+
+static void fake_unload(lp_backend *b, int slot) {
+    pthread_mutex_lock(&g_mu);
+    g_unloads++;
+    g_unloads_foreign += !pthread_equal(pthread_self(), g_engine_thread);
+    pthread_mutex_unlock(&g_mu);
+    g_cpu->adapter_unload(b, slot);
+}
+
+typedef struct foreign_call {
+    lp_store *s;
+    const char *name, *path; /* path: register (replace), else unregister */
+    int rc;
+    lp_error err;
+} foreign_call;
+
+static void *foreign_main(void *arg) {
+    foreign_call *c = arg;
+    c->rc = c->path ? lp_store_register(c->s, c->name, c->path, true, true, &c->err)
+                    : lp_store_unregister(c->s, c->name, &c->err);
+    return NULL;
+}
+
+/* Register (path) or unregister `name` from a thread that is not the engine's. */
+static int on_foreign_thread(lp_store *s, const char *name, const char *path, lp_error *err) {
+    foreign_call c = {.s = s, .name = name, .path = path};
+    pthread_t t;
+    if (pthread_create(&t, NULL, foreign_main, &c) != 0)
+        return lp_error_set(err, LP_ERR_INTERNAL, "pthread_create");
+    pthread_join(t, NULL);
+    *err = c.err;
+    return c.rc;
 }
 
 /* Acquire `name`, waiting out LP_ERR_BUSY (the loader at work) for up to 20 s. */
@@ -93,6 +133,8 @@ int main(int argc, char **argv) {
     g_ops = *be->ops;
     g_ops.adapter_stage = fake_stage;
     g_ops.adapter_load = fake_load;
+    g_ops.adapter_unload = fake_unload;
+    g_engine_thread = pthread_self();
     be->ops = &g_ops;
 
     snprintf(dir, sizeof dir, "%s/tinylm-adapters", argv[1]);
@@ -145,7 +187,33 @@ int main(int argc, char **argv) {
     CHECKF(acquire(s, "extra", &h, &err) == LP_OK, "extra: %s", err.msg);
     lp_store_release(s, h);
 
+    /* slots change on the engine thread only. "extra" holds the slot: an
+     * unregistration on another thread leaves it there ... */
+    int unloads = g_unloads;
+    CHECKF(on_foreign_thread(s, "extra", NULL, &err) == LP_OK, "unregister: %s", err.msg);
+    CHECKF(g_unloads == unloads && g_unloads_foreign == 0, "unregister on another thread: %d unloads (%d there)",
+           g_unloads - unloads, g_unloads_foreign);
+    /* ... until the engine thread collects it */
+    lp_store_collect(s);
+    CHECKF(g_unloads == unloads + 1, "collect: %d unloads", g_unloads - unloads);
+    /* a registration on another thread evicting from the host tier passes
+     * over the adapter in the slot */
+    CHECKF(acquire(s, "math", &h, &err) == LP_OK, "math: %s", err.msg);
+    lp_store_release(s, h);
+    snprintf(path, sizeof path, "%s/sort", dir);
+    for (int i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "extra%d", i);
+        CHECKF(on_foreign_thread(s, name, path, &err) == LP_OK, "register %s: %s", name, err.msg);
+    }
+    CHECKF(g_unloads_foreign == 0, "%d slot unloads on other threads", g_unloads_foreign);
+    /* and "math" still answers from its slot */
+    int loads = g_loads;
+    CHECKF(acquire(s, "math", &h, &err) == LP_OK && g_loads == loads, "math from its slot: %s", err.msg);
+    lp_store_release(s, h);
+
     lp_store_free(s);
+    CHECKF(g_unloads_foreign == 0, "%d slot unloads on other threads", g_unloads_foreign);
     CHECKF(g_freed == g_staged, "staged %d copies, freed %d", g_staged, g_freed);
     printf("test_store: %d adapters staged, %d slot loads (all of staged adapters: %s), %d freed\n", g_staged,
            g_loads, g_loads == g_loads_staged ? "yes" : "no", g_freed);
