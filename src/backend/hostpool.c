@@ -100,15 +100,22 @@ static void *take(chunk *c, block *b, size_t size) {
 
 static bool all_free(const chunk *c) { return !c->blocks->used && !c->blocks->next; }
 
+/* Take chunk c out of the pool (to be released outside the lock). */
+static chunk *unlink_chunk(lp_hostpool *p, chunk *c) {
+    for (chunk **pp = &p->chunks; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    p->held -= c->size;
+    return c;
+}
+
 /* Unlink and return an all-free chunk (the spare), or NULL. */
 static chunk *unlink_spare(lp_hostpool *p) {
-    for (chunk **pp = &p->chunks; *pp; pp = &(*pp)->next)
-        if (all_free(*pp)) {
-            chunk *c = *pp;
-            *pp = c->next;
-            p->held -= c->size;
-            return c;
-        }
+    for (chunk *c = p->chunks; c; c = c->next)
+        if (all_free(c))
+            return unlink_chunk(p, c);
     return NULL;
 }
 
@@ -188,7 +195,6 @@ static void merge_next(block *b) {
     free(n);
 }
 
-
 /* Chunk c has just become all free: keep it as the pool's one spare, or
  * unlink it (returned, for the caller to release outside the lock) when
  * another all-free chunk already is. */
@@ -196,15 +202,7 @@ static chunk *drop_spare(lp_hostpool *p, chunk *c) {
     bool other = false;
     for (chunk *o = p->chunks; o && !other; o = o->next)
         other = o != c && all_free(o);
-    if (!other)
-        return NULL;
-    for (chunk **pp = &p->chunks; *pp; pp = &(*pp)->next)
-        if (*pp == c) {
-            *pp = c->next;
-            break;
-        }
-    p->held -= c->size;
-    return c;
+    return other ? unlink_chunk(p, c) : NULL;
 }
 
 void lp_hostpool_free(lp_hostpool *p, void *ptr) {

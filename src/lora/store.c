@@ -101,7 +101,8 @@ static void free_entry_resources(lp_store *s, entry *e) {
  * captured into a CUDA graph) on another thread, and unloading a slot waits
  * for the GPU's streams. Other threads (the API, the directory scan, the
  * loader) leave entries holding a slot to the engine thread's next
- * lp_store_collect/acquire/release; `engine` says which thread this is. */
+ * lp_store_collect (or release of that entry); `engine` says which thread
+ * this is. */
 
 /* Drop retired entries nobody uses any more. */
 static void reap(lp_store *s, bool engine) {
@@ -555,7 +556,6 @@ void lp_store_collect(lp_store *s) {
 
 int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp_error *err) {
     pthread_mutex_lock(&s->mu);
-    reap(s, true); /* entries retired by other threads free their slots here */
     int rc = LP_ERR_BUSY;
     entry *e = find_live(s, name);
     if (!e) {

@@ -9,7 +9,8 @@
  * weights. Thread-safe: every function may be called from any thread, but
  * acquire/release/collect (which touch backend slots) only from the engine
  * thread between steps; an adapter other threads retire or evict while it
- * holds a slot keeps the slot until the engine thread's next call. */
+ * holds a slot keeps the slot until the engine thread's next
+ * lp_store_collect. */
 #ifndef LP_LORA_STORE_H
 #define LP_LORA_STORE_H
 

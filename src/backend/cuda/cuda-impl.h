@@ -177,13 +177,13 @@ typedef struct lp_cu_attn {
 } lp_cu_attn;
 /* Whether the tensor-core kernel takes a head size (it is compiled for
  * these) and KV type. */
-static inline int lp_cu_att_tc_ok(int hd, lp_cu_type kt) {
-    return kt == LP_CT_F16 && (hd == 16 || hd == 32 || hd == 64 || hd == 80 || hd == 96 || hd == 128 || hd == 256);
-}
 /* Dynamic shared memory the tensor-core kernel takes at head size hd
  * (SIZE_MAX: not compiled for it); a GPU whose opt-in limit is smaller
  * (sm_86/sm_89 at hd 256) leaves prefill to the per-token kernels. */
 size_t lp_cu_att_tc_smem(int hd);
+static inline int lp_cu_att_tc_ok(int hd, lp_cu_type kt) {
+    return kt == LP_CT_F16 && lp_cu_att_tc_smem(hd) != SIZE_MAX;
+}
 /* out (T, H hd) in type ot; kt and ot as the backend pairs them (fp32 and
  * fp32, fp16 KV with fp16 or bf16 out), others fail. */
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,

@@ -545,8 +545,7 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     return LP_OK;
 }
 
-/* Launch a decode call through its CUDA graph, capturing it the first time
- * this shape is seen (least recently used graph replaced). */
+/* The captured graph of this call shape, or NULL. */
 static graph_entry *graph_find(cuda_backend *b, const call_shape *cs) {
     for (int i = 0; i < N_GRAPHS; i++)
         if (b->graphs[i].exec && !memcmp(&b->graphs[i].key, cs, sizeof *cs))
@@ -554,8 +553,11 @@ static graph_entry *graph_find(cuda_backend *b, const call_shape *cs) {
     return NULL;
 }
 
-static int run_graph(cuda_backend *b, const call_shape *cs, const meta_layout *ml, lp_error *err) {
-    graph_entry *hit = graph_find(b, cs), *lru = &b->graphs[0];
+/* Launch a decode call through its CUDA graph `hit`, or capture it first
+ * when NULL (least recently used graph replaced). */
+static int run_graph(cuda_backend *b, graph_entry *hit, const call_shape *cs, const meta_layout *ml,
+                     lp_error *err) {
+    graph_entry *lru = &b->graphs[0];
     for (int i = 0; i < N_GRAPHS; i++) {
         graph_entry *g = &b->graphs[i];
         if (!g->exec || (lru->exec && g->used < lru->used))
@@ -698,8 +700,8 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
      * replays whenever it comes back */
     bool repeat = !memcmp(&cs, &b->last_shape, sizeof cs);
     memcpy(&b->last_shape, &cs, sizeof cs);
-    bool graph = decode && b->use_graphs && (repeat || graph_find(b, &cs));
-    rc = graph ? run_graph(b, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
+    graph_entry *hit = decode && b->use_graphs ? graph_find(b, &cs) : NULL;
+    rc = hit || (decode && b->use_graphs && repeat) ? run_graph(b, hit, &cs, &ml, err) : run_layers(b, &cs, &ml, err);
     if (rc)
         return rc;
     if (nl && logits)

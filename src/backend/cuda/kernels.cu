@@ -678,7 +678,7 @@ __global__ void __launch_bounds__(ATT_MAXG * 32)
 }
 
 size_t lp_cu_att_tc_smem(int hd) {
-    switch (hd) { /* the sizes lp_cu_att_tc_ok accepts */
+    switch (hd) { /* the sizes the kernel is compiled for (lp_cu_att_tc_ok) */
     case 16: return sizeof(tc_smem<16>);
     case 32: return sizeof(tc_smem<32>);
     case 64: return sizeof(tc_smem<64>);
@@ -709,7 +709,7 @@ static cudaError_t attention_tc_launch(const float *q, const void *kv, void *out
 template <typename OT>
 static cudaError_t attention_tc(const float *q, const void *kv, void *out, const lp_cu_attn *a, const lp_cu_toks *tk,
                                 cudaStream_t s) {
-    switch (a->hd) { /* the sizes lp_cu_att_tc_ok accepts */
+    switch (a->hd) { /* lp_cu_att_tc_smem's sizes */
     case 16: return attention_tc_launch<OT, 16>(q, kv, out, a, tk, s);
     case 32: return attention_tc_launch<OT, 32>(q, kv, out, a, tk, s);
     case 64: return attention_tc_launch<OT, 64>(q, kv, out, a, tk, s);
