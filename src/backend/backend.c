@@ -1,6 +1,6 @@
 /* backend.c - choosing a backend for a --device name ("auto", "cpu",
- * "cuda"), the size of one KV cache block on each, and, in builds without
- * the CUDA backend, its entry points answering that the build lacks it. */
+ * "cuda") and the size of one KV cache block on each. The CUDA entry points
+ * come from src/backend/cuda/ or, in builds without it, cuda_absent.c. */
 #include "backend/backend.h"
 
 #include <stdlib.h>
@@ -10,13 +10,8 @@
 #include "model/model-impl.h"
 
 const char *lp_backend_resolve(const char *device) {
-    if (!device || !strcmp(device, "auto")) {
-#ifdef LORAPLEX_HAVE_CUDA
+    if (!device || !strcmp(device, "auto"))
         return lp_cuda_device_count() > 0 ? "cuda" : "cpu";
-#else
-        return "cpu";
-#endif
-    }
     if (!strcmp(device, "cpu"))
         return "cpu";
     if (!strcmp(device, "cuda"))
@@ -32,12 +27,7 @@ int lp_backend_new(const char *device, const lp_model *model, const lp_backend_p
         return lp_error_set(err, LP_ERR_INVALID, "unknown device '%s' (expected auto, cpu or cuda)", name);
     if (!strcmp(resolved, "cpu"))
         return lp_backend_cpu_new(model, params, out, err);
-#ifdef LORAPLEX_HAVE_CUDA
-    if (lp_cuda_device_count() <= 0)
-        return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                            "device 'cuda': no CUDA device is visible to this process");
-#endif
-    return lp_backend_cuda_new(model, params, out, err);
+    return lp_backend_cuda_new(model, params, out, err); /* says so when there is no device */
 }
 
 /* Bytes of one KV element on the resolved device: the CPU keeps fp32; CUDA
@@ -56,31 +46,3 @@ size_t lp_backend_kv_block_bytes(const char *device, const lp_model *model, int 
     /* K and V, per layer, per KV head, per token of the block */
     return (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * (size_t)block_size * elt;
 }
-
-#ifndef LORAPLEX_HAVE_CUDA
-/* This build has no src/backend/cuda/: the CUDA entry points exist so that
- * callers need no #ifdef, and say how to get the real ones. */
-
-int lp_backend_cuda_new(const lp_model *model, const lp_backend_params *params, lp_backend **out,
-                        lp_error *err) {
-    (void)model;
-    (void)params;
-    if (out)
-        *out = NULL;
-    return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                        "this build has no CUDA backend (configure with -DLORAPLEX_CUDA=ON)");
-}
-
-int lp_cuda_device_count(void) {
-    return 0;
-}
-
-int lp_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, lp_error *err) {
-    if (free_bytes)
-        *free_bytes = 0;
-    if (total_bytes)
-        *total_bytes = 0;
-    return lp_error_set(err, LP_ERR_UNSUPPORTED,
-                        "this build has no CUDA backend (configure with -DLORAPLEX_CUDA=ON)");
-}
-#endif

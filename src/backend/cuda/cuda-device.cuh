@@ -3,6 +3,8 @@
 #ifndef LP_CUDA_DEVICE_CUH
 #define LP_CUDA_DEVICE_CUH
 
+#include <string.h>
+
 #include "backend/cuda/cuda-impl.h"
 
 typedef __nv_bfloat16 bf16;
@@ -36,10 +38,14 @@ __device__ __forceinline__ float lp_block_sum(float v) {
     return lp_warp_sum(v);
 }
 
-/* 8 bf16 from one 16-byte load, as fp32. */
+/* 8 bf16 from one 16-byte load, as fp32. The loaded words reach the bf16
+ * pairs by memcpy (register moves): reading them through a cast pointer
+ * breaks C++'s aliasing rules, and g++ -O2 then reads garbage (the CPU
+ * emulation of tests/cuemu/ caught it). */
 __device__ __forceinline__ void lp_bf16x8(const bf16 *p, float *out) {
     uint4 raw = *(const uint4 *)p;
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
+    __nv_bfloat162 h[4];
+    memcpy(h, &raw, sizeof h);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         float2 f = __bfloat1622float2(h[i]);

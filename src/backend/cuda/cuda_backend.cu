@@ -1189,7 +1189,7 @@ extern "C" int lp_backend_cuda_new(const lp_model *model, const lp_backend_param
         return lp_error_set(err, LP_ERR_LIMIT, "cuda backend: max LoRA rank %d (the kernels take up to 256)",
                             P.max_lora_rank);
     if (lp_cuda_device_count() == 0)
-        return lp_error_set(err, LP_ERR_UNSUPPORTED, "cuda backend: no CUDA device");
+        return lp_error_set(err, LP_ERR_UNSUPPORTED, "device 'cuda': no CUDA device is visible to this process");
     const lp_model_config *c = lp_model_get_config(model);
     if (c->head_dim > 256 || c->head_dim % 2)
         return lp_error_set(err, LP_ERR_UNSUPPORTED, "cuda backend: head_dim %d (even, at most 256)", c->head_dim);

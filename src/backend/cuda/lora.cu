@@ -164,7 +164,8 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
                 b[j] = o0 + j < N ? frow[j] : 0.0f;
         } else if (vec) {
             uint2 raw = *(const uint2 *)brow;
-            const __nv_bfloat162 *h = (const __nv_bfloat162 *)&raw;
+            __nv_bfloat162 h[2];
+            memcpy(h, &raw, sizeof h); /* not a cast pointer: see lp_bf16x8 */
             float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]);
             b[0] = f0.x;
             b[1] = f0.y;

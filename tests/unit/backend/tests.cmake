@@ -13,6 +13,14 @@ lp_add_unit_test(test_cuda
   LABELS backend gpu)
 set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)
 
+# The same test with the CUDA backend's sources built against the CPU
+# emulation of the device (tests/cuemu/): every kernel, copy, graph capture
+# and GEMM of the backend runs in CI, without a GPU.
+lp_cuemu_test(test_cuda_emu
+  SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cuda.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
+  ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
+  LABELS backend cuemu)
+
 # The token grouping of the CUDA multi-LoRA kernels (host code), without a GPU.
 lp_add_unit_test(test_lora_groups
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_lora_groups.c

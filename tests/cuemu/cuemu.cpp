@@ -1,0 +1,884 @@
+/* cuemu.cpp - the CPU emulation of a CUDA device behind tests/cuemu/cuemu.h:
+ * thread blocks as fibers, the CUDA runtime API calls the backend makes, and
+ * cublasGemmEx. One device ("cuemu"), H100-like limits by default
+ * (CUEMU_SMS, CUEMU_SMEM_OPTIN and CUEMU_MEM_MB change them). Every error
+ * the emulator finds in the code it runs is printed with "cuemu:" first. */
+#include "cuemu.h"
+
+#include <cublas_v2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define CUEMU_ASAN 1
+#else
+#define CUEMU_ASAN 0
+#endif
+
+#if !defined(__x86_64__)
+#error "cuemu switches fibers with x86-64 code"
+#endif
+
+/* ---- fibers ---- */
+
+/* cuemu_swap(save, to): saves the callee-saved registers and the FP control
+ * words on this stack, stores the stack pointer in *save and resumes the
+ * fiber whose stack pointer is `to`. A new fiber starts in cuemu_entry with
+ * its Fiber* in rbx. */
+extern "C" void cuemu_swap(void **save, void *to);
+extern "C" void cuemu_fiber_main(cuemu::Fiber *f);
+asm(R"(
+    .text
+    .globl cuemu_swap
+    .type cuemu_swap, @function
+cuemu_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cuemu_swap, .-cuemu_swap
+    .globl cuemu_entry
+    .type cuemu_entry, @function
+cuemu_entry:
+    movq %rbx, %rdi
+    call cuemu_fiber_main
+    ud2
+    .size cuemu_entry, .-cuemu_entry
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+extern "C" void cuemu_entry(void);
+
+namespace cuemu {
+
+enum State { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
+
+struct Fiber {
+    void *sp;
+    char *stack; /* lowest usable byte (a guard page lies below) */
+    size_t stack_size;
+    uint3 tid;
+    unsigned lane, warp;
+    State st;
+#if CUEMU_ASAN
+    void *fake;
+#endif
+};
+
+struct Warp {
+    unsigned arrived, mask; /* lanes at the pending barrier, and its mask */
+    unsigned done;          /* lanes that have exited */
+    unsigned gen;           /* barriers passed */
+    uint64_t slot[2][32];   /* shuffle values, by barrier parity */
+    float scratch[1024];    /* warp_scratch */
+};
+
+static const size_t STACK = (size_t)(CUEMU_ASAN ? 512 : 128) << 10;
+
+uint3 g_block_idx;
+dim3 g_block_dim, g_grid_dim;
+Fiber *g_cur;
+static void *g_main_sp; /* the launching thread, while a block runs */
+static std::vector<Fiber> g_fibers;
+static std::vector<Warp> g_warps;
+static std::vector<Fiber *> g_ready; /* ring of runnable fibers */
+static size_t g_ready_head, g_ready_n;
+static unsigned g_alive, g_block_arrived;
+static const std::function<void()> *g_body;
+static std::vector<unsigned char> g_dyn_smem;
+static const char *g_kernel_what = "kernel";
+#if CUEMU_ASAN
+static void *g_main_bottom;
+static size_t g_main_size;
+#endif
+
+[[noreturn]] static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "cuemu: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (block %u,%u,%u of %u,%u,%u; %u threads)\n", g_block_idx.x, g_block_idx.y, g_block_idx.z,
+            g_grid_dim.x, g_grid_dim.y, g_grid_dim.z, g_block_dim.x * g_block_dim.y * g_block_dim.z);
+    va_end(ap);
+    abort();
+}
+
+const uint3 &thread_idx() { return g_cur->tid; }
+void *dynamic_smem() { return g_dyn_smem.data(); }
+unsigned lane_id() { return g_cur->lane; }
+
+static void make_ready(Fiber *f) {
+    f->st = RUN;
+    g_ready[(g_ready_head + g_ready_n++) % g_ready.size()] = f;
+}
+
+/* Leaves the running fiber (which has blocked or finished) for the next
+ * runnable one, or for the launching thread once every fiber has finished;
+ * returns when the fiber is resumed. */
+static void switch_away(bool finished) {
+    Fiber *f = g_cur, *next = NULL;
+    if (g_ready_n) {
+        next = g_ready[g_ready_head];
+        g_ready_head = (g_ready_head + 1) % g_ready.size();
+        g_ready_n--;
+    } else if (g_alive) {
+        unsigned at_block = 0, at_warp = 0;
+        for (Fiber &o : g_fibers)
+            at_block += o.st == WAIT_BLOCK, at_warp += o.st == WAIT_WARP;
+        die("%s: deadlock: %u threads wait at __syncthreads, %u at warp barriers, none can go on", g_kernel_what,
+            at_block, at_warp);
+    }
+    void *dummy, **save = finished ? &dummy : &f->sp;
+#if CUEMU_ASAN
+    if (next)
+        __sanitizer_start_switch_fiber(finished ? NULL : &f->fake, next->stack, next->stack_size);
+    else
+        __sanitizer_start_switch_fiber(finished ? NULL : &f->fake, g_main_bottom, g_main_size);
+#endif
+    g_cur = next;
+    cuemu_swap(save, next ? next->sp : g_main_sp);
+#if CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(f->fake, NULL, NULL);
+#endif
+}
+
+static void release_block() {
+    g_block_arrived = 0;
+    for (Fiber &o : g_fibers)
+        if (o.st == WAIT_BLOCK)
+            make_ready(&o);
+}
+
+void sync_block() {
+    if (++g_block_arrived == g_alive) {
+        release_block();
+        return;
+    }
+    g_cur->st = WAIT_BLOCK;
+    switch_away(false);
+}
+
+/* Waits at the warp's barrier; returns the barrier's parity (which slot
+ * buffer the lanes wrote before it). */
+static unsigned warp_barrier(unsigned mask) {
+    Fiber *f = g_cur;
+    Warp &w = g_warps[f->warp];
+    unsigned bit = 1u << f->lane;
+    if (!(mask & bit))
+        die("%s: thread %u calls a warp barrier (__syncwarp, shuffle or WMMA) whose mask %#x leaves it out",
+            g_kernel_what, f->tid.x, mask);
+    if (mask & w.done)
+        die("%s: warp %u: thread %u waits at a warp barrier for lanes %#x, which have exited or do not exist",
+            g_kernel_what, f->warp, f->tid.x, mask & w.done);
+    if (w.arrived && w.mask != mask)
+        die("%s: warp %u: lanes meet at warp barriers with different masks (%#x, %#x)", g_kernel_what, f->warp,
+            w.mask, mask);
+    unsigned parity = w.gen & 1;
+    w.mask = mask;
+    w.arrived |= bit;
+    if (w.arrived == mask) {
+        w.arrived = 0;
+        w.gen++;
+        unsigned base = f->warp * 32;
+        for (unsigned l = 0; l < 32; l++)
+            if ((mask >> l & 1) && g_fibers[base + l].st == WAIT_WARP)
+                make_ready(&g_fibers[base + l]);
+        return parity;
+    }
+    f->st = WAIT_WARP;
+    switch_away(false);
+    return parity;
+}
+
+void sync_warp(unsigned mask) { warp_barrier(mask); }
+
+/* Values go to the buffer of the barrier's parity: a lane can only write
+ * the same buffer again after the next barrier, which every lane reaches
+ * after reading this one. */
+uint64_t exchange(unsigned mask, uint64_t v, unsigned src) {
+    Fiber *f = g_cur;
+    Warp &w = g_warps[f->warp];
+    w.slot[w.gen & 1][f->lane] = v;
+    unsigned parity = warp_barrier(mask);
+    if (src >= 32 || !(mask >> src & 1))
+        die("%s: thread %u shuffles from lane %u, outside the mask %#x", g_kernel_what, f->tid.x, src, mask);
+    return w.slot[parity][src];
+}
+
+bool first_lane(unsigned mask) { return g_cur->lane == (unsigned)__builtin_ctz(mask); }
+
+void *warp_scratch(size_t bytes) {
+    if (bytes > sizeof g_warps[0].scratch)
+        die("%s: warp scratch of %zu bytes", g_kernel_what, bytes);
+    return g_warps[g_cur->warp].scratch;
+}
+
+static void finish_fiber(Fiber *f) {
+    f->st = DONE;
+    g_alive--;
+    Warp &w = g_warps[f->warp];
+    w.done |= 1u << f->lane;
+    /* a lane that exits while its warp waits for it can never be met */
+    if (w.arrived && (w.mask >> f->lane & 1))
+        die("%s: thread %u exits while lanes of its warp wait for it at a warp barrier", g_kernel_what, f->tid.x);
+    if (g_block_arrived && g_block_arrived == g_alive)
+        release_block();
+}
+
+} // namespace cuemu
+
+extern "C" void cuemu_fiber_main(cuemu::Fiber *f) {
+    using namespace cuemu;
+#if CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(NULL, NULL, NULL);
+#endif
+    (*g_body)();
+    finish_fiber(f);
+    switch_away(true);
+    abort(); /* a finished fiber is never resumed */
+}
+
+namespace cuemu {
+
+static char *stack_at(size_t i) {
+    static std::vector<char *> stacks;
+    long page = sysconf(_SC_PAGESIZE);
+    while (stacks.size() <= i) {
+        size_t bytes = STACK + (size_t)page;
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            perror("cuemu: fiber stack");
+            abort();
+        }
+        mprotect(p, (size_t)page, PROT_NONE); /* guard: an overflow faults */
+        stacks.push_back((char *)p + page);
+    }
+    return stacks[i];
+}
+
+static void start_fiber(Fiber *f) {
+#if CUEMU_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(f->stack, f->stack_size);
+#endif
+    uint64_t *top = (uint64_t *)(((uintptr_t)f->stack + f->stack_size) & ~(uintptr_t)15);
+    top[-1] = (uint64_t)(uintptr_t)cuemu_entry; /* ret */
+    top[-2] = 0;                                /* rbp */
+    top[-3] = (uint64_t)(uintptr_t)f;           /* rbx */
+    for (int i = 4; i <= 7; i++)                /* r12-r15 */
+        top[-i] = 0;
+    uint32_t ctl[2];
+    asm volatile("stmxcsr %0" : "=m"(ctl[0]));
+    asm volatile("fnstcw %0" : "=m"(ctl[1]));
+    memcpy(&top[-8], ctl, 8);
+    f->sp = &top[-8];
+}
+
+/* Runs one block: every thread to its end. */
+static void run_block() {
+    size_t n = g_fibers.size();
+    g_ready_head = g_ready_n = 0;
+    for (size_t i = 0; i < n; i++) {
+        Fiber &f = g_fibers[i];
+        f.stack = stack_at(i);
+        f.stack_size = STACK;
+        start_fiber(&f);
+        make_ready(&f);
+    }
+    for (Warp &w : g_warps) {
+        w.arrived = w.gen = 0;
+        w.done = 0;
+    }
+    /* lanes past the block's last thread do not exist */
+    if (n % 32)
+        g_warps.back().done = ~0u << (n % 32);
+    g_alive = (unsigned)n;
+    g_block_arrived = 0;
+    Fiber *first = g_ready[0];
+    g_ready_head = 1;
+    g_ready_n--;
+    g_cur = first;
+#if CUEMU_ASAN
+    void *fake = NULL;
+    __sanitizer_start_switch_fiber(&fake, first->stack, first->stack_size);
+#endif
+    cuemu_swap(&g_main_sp, first->sp);
+#if CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+    g_cur = NULL;
+}
+
+static std::recursive_mutex g_dev_lock; /* one kernel, copy or GEMM at a time */
+
+static void run_grid(const Cfg &c, const std::function<void()> &body) {
+    std::lock_guard<std::recursive_mutex> lk(g_dev_lock);
+    unsigned nt = c.block.x * c.block.y * c.block.z;
+    g_block_dim = c.block;
+    g_grid_dim = c.grid;
+    g_body = &body;
+    g_fibers.assign(nt, Fiber());
+    g_warps.assign((nt + 31) / 32, Warp());
+    g_ready.assign(nt, NULL);
+#if CUEMU_ASAN
+    pthread_attr_t at;
+    if (pthread_getattr_np(pthread_self(), &at) == 0) {
+        pthread_attr_getstack(&at, &g_main_bottom, &g_main_size);
+        pthread_attr_destroy(&at);
+    }
+#endif
+    for (unsigned i = 0; i < nt; i++) {
+        Fiber &f = g_fibers[i];
+        f.tid = make_uint3(i % c.block.x, i / c.block.x % c.block.y, i / (c.block.x * c.block.y));
+        f.lane = i % 32;
+        f.warp = i / 32;
+    }
+    g_dyn_smem.assign(c.smem ? c.smem : 1, 0xff); /* not zero: reads before writes show up as NaN */
+    for (unsigned z = 0; z < c.grid.z; z++)
+        for (unsigned y = 0; y < c.grid.y; y++)
+            for (unsigned x = 0; x < c.grid.x; x++) {
+                g_block_idx = make_uint3(x, y, z);
+                if (c.smem)
+                    memset(g_dyn_smem.data(), 0xff, c.smem);
+                run_block();
+            }
+}
+
+/* ---- the device ---- */
+
+static int env_int(const char *name, int dflt) {
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : dflt;
+}
+static int n_sms() { return env_int("CUEMU_SMS", 132); }
+static int smem_optin() { return env_int("CUEMU_SMEM_OPTIN", 232448); }
+static size_t mem_total() { return (size_t)env_int("CUEMU_MEM_MB", 8192) << 20; }
+
+static std::mutex g_mem_lock;
+static std::map<uintptr_t, size_t> g_dev_mem; /* device allocations: start -> bytes */
+static size_t g_dev_used;
+
+static bool is_device(const void *p, size_t n) {
+    std::lock_guard<std::mutex> lk(g_mem_lock);
+    auto it = g_dev_mem.upper_bound((uintptr_t)p);
+    if (it == g_dev_mem.begin())
+        return false;
+    --it;
+    return (uintptr_t)p >= it->first && (uintptr_t)p + n <= it->first + it->second;
+}
+
+} // namespace cuemu
+
+/* ---- streams, events, graphs ---- */
+
+using cuemu::g_dev_lock;
+typedef std::function<void()> op_t;
+
+struct Capture {
+    cudaStream_t origin;
+    std::thread::id thread;
+    std::vector<op_t> ops;
+    std::vector<cudaStream_t> forked;
+    cudaError_t err;
+};
+struct CUstream_st {
+    Capture *cap;
+    size_t seq, joined; /* ops recorded on this stream during the capture; of those, joined back to the origin */
+};
+struct CUevent_st {
+    Capture *cap; /* recorded in a capture */
+    cudaStream_t src;
+    size_t seq;
+};
+struct CUgraph_st {
+    std::vector<op_t> ops;
+};
+struct CUgraphExec_st {
+    std::vector<op_t> ops;
+};
+struct CUmemPoolHandle_st {
+    int unused;
+};
+struct cublasContext {
+    cudaStream_t stream;
+};
+
+static thread_local cudaError_t t_last_err = cudaSuccess;
+static thread_local Capture *t_capture; /* the capture this thread began, in thread-local mode */
+
+static cudaError_t fail(cudaError_t e, const char *what) {
+    fprintf(stderr, "cuemu: %s: %s\n", what, cudaGetErrorString(e));
+    t_last_err = e;
+    return e;
+}
+
+/* Calls the runtime refuses on the capturing thread while it captures. */
+static cudaError_t unsafe_in_capture(const char *what) {
+    if (!t_capture)
+        return cudaSuccess;
+    t_capture->err = cudaErrorStreamCaptureUnsupported;
+    return fail(cudaErrorStreamCaptureUnsupported, what);
+}
+
+/* Runs stream work now, or records it in the stream's capture. */
+static cudaError_t enqueue(cudaStream_t s, op_t op, const char *what) {
+    if (s && s->cap) {
+        s->cap->ops.push_back(std::move(op));
+        s->seq++;
+        return cudaSuccess;
+    }
+    if (!s && t_capture) {
+        t_capture->err = cudaErrorStreamCaptureImplicit;
+        return fail(cudaErrorStreamCaptureImplicit, what);
+    }
+    std::lock_guard<std::recursive_mutex> lk(g_dev_lock);
+    op();
+    return cudaSuccess;
+}
+
+void cuemu::submit_grid(const Cfg &c, std::function<void()> per_thread) {
+    unsigned nt = c.block.x * c.block.y * c.block.z;
+    if (!nt || nt > 1024 || c.block.z > 64 || !c.grid.x || !c.grid.y || !c.grid.z || c.grid.y > 65535 ||
+        c.grid.z > 65535) {
+        fprintf(stderr, "cuemu: launch of grid (%u,%u,%u) x block (%u,%u,%u) is over the device's limits\n",
+                c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
+        t_last_err = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (c.smem > (size_t)smem_optin()) {
+        fprintf(stderr, "cuemu: launch with %zu bytes of dynamic shared memory, over the device's %d\n", c.smem,
+                smem_optin());
+        t_last_err = cudaErrorInvalidValue;
+        return;
+    }
+    Cfg cfg = c;
+    enqueue(c.stream, [cfg, per_thread]() { run_grid(cfg, per_thread); }, "kernel launch");
+}
+
+extern "C" {
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureUnjoined: return "capturing stream has unjoined work";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    default: return "cuemu: unknown error";
+    }
+}
+const char *cudaGetErrorName(cudaError_t e) { return cudaGetErrorString(e); }
+
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = t_last_err;
+    t_last_err = cudaSuccess;
+    return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return t_last_err; }
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice"); }
+cudaError_t cudaGetDevice(int *d) {
+    *d = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) {
+    if (d != 0)
+        return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties");
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "cuemu (CUDA emulated on the CPU)");
+    p->multiProcessorCount = cuemu::n_sms();
+    p->major = 9;
+    p->minor = 0;
+    p->totalGlobalMem = cuemu::mem_total();
+    p->sharedMemPerBlock = 48 << 10;
+    p->sharedMemPerBlockOptin = (size_t)cuemu::smem_optin();
+    p->maxThreadsPerBlock = 1024;
+    p->warpSize = 32;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
+    if (d != 0)
+        return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute");
+    switch (a) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = cuemu::smem_optin(); return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *v = cuemu::n_sms(); return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; return cudaSuccess;
+    default: return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
+    }
+}
+cudaError_t cudaDeviceGetStreamPriorityRange(int *lo, int *hi) {
+    *lo = 0;
+    *hi = -5;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return unsafe_in_capture("cudaDeviceSynchronize during stream capture"); }
+cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute a, int v) {
+    if (a == cudaFuncAttributeMaxDynamicSharedMemorySize && v > cuemu::smem_optin())
+        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: dynamic shared memory over the opt-in limit");
+    return cudaSuccess;
+}
+
+/* memory: device allocations are heap blocks of exactly the size asked
+ * for (so that ASan sees a kernel that reads past one), 256-byte aligned */
+static cudaError_t dev_alloc(void **p, size_t n) {
+    std::lock_guard<std::mutex> lk(cuemu::g_mem_lock);
+    if (cuemu::g_dev_used + n > cuemu::mem_total() || posix_memalign(p, 256, n ? n : 1)) {
+        *p = NULL;
+        t_last_err = cudaErrorMemoryAllocation;
+        return cudaErrorMemoryAllocation;
+    }
+    cuemu::g_dev_mem[(uintptr_t)*p] = n;
+    cuemu::g_dev_used += n;
+    return cudaSuccess;
+}
+cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = NULL;
+    if (cudaError_t e = unsafe_in_capture("cudaMalloc during stream capture"))
+        return e;
+    return dev_alloc(p, n);
+}
+static cudaError_t dev_free(void *p) {
+    if (!p)
+        return cudaSuccess;
+    std::lock_guard<std::mutex> lk(cuemu::g_mem_lock);
+    auto it = cuemu::g_dev_mem.find((uintptr_t)p);
+    if (it == cuemu::g_dev_mem.end())
+        return fail(cudaErrorInvalidValue, "cudaFree of a pointer cudaMalloc did not return");
+    cuemu::g_dev_used -= it->second;
+    cuemu::g_dev_mem.erase(it);
+    free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *p) {
+    if (cudaError_t e = unsafe_in_capture("cudaFree during stream capture"))
+        return e;
+    return dev_free(p);
+}
+cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) {
+    std::lock_guard<std::mutex> lk(cuemu::g_mem_lock);
+    *tot = cuemu::mem_total();
+    *fr = *tot - cuemu::g_dev_used;
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) {
+    *p = NULL;
+    if (cudaError_t e = unsafe_in_capture("cudaMallocHost during stream capture"))
+        return e;
+    if (posix_memalign(p, 4096, n ? n : 1)) {
+        *p = NULL;
+        return cudaErrorMemoryAllocation;
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void *p) {
+    if (cudaError_t e = unsafe_in_capture("cudaFreeHost during stream capture"))
+        return e;
+    free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t *pool, int d) {
+    static CUmemPoolHandle_st the_pool;
+    *pool = &the_pool;
+    return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaDeviceGetDefaultMemPool");
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void *) { return cudaSuccess; }
+cudaError_t cudaMallocFromPoolAsync(void **p, size_t n, cudaMemPool_t, cudaStream_t s) {
+    *p = NULL;
+    if (s && s->cap)
+        return fail(cudaErrorStreamCaptureUnsupported, "cuemu does not record allocations in a graph");
+    return dev_alloc(p, n);
+}
+cudaError_t cudaFreeAsync(void *p, cudaStream_t s) {
+    if (p && !cuemu::is_device(p, 1))
+        return fail(cudaErrorInvalidValue, "cudaFreeAsync of a pointer that is not device memory");
+    return enqueue(s, [p]() { dev_free(p); }, "cudaFreeAsync");
+}
+
+static cudaError_t check_copy(void *dst, const void *src, size_t n, enum cudaMemcpyKind k, const char *what) {
+    bool dd = cuemu::is_device(dst, n), sd = cuemu::is_device(src, n);
+    bool ok = k == cudaMemcpyDefault || (k == cudaMemcpyHostToDevice && dd && !sd) ||
+              (k == cudaMemcpyDeviceToHost && !dd && sd) || (k == cudaMemcpyDeviceToDevice && dd && sd) ||
+              (k == cudaMemcpyHostToHost && !dd && !sd);
+    if (!ok) {
+        char msg[192];
+        snprintf(msg, sizeof msg, "%s of %zu bytes, kind %d: destination is %s, source is %s", what, n, (int)k,
+                 dd ? "device memory" : "not (all) device memory", sd ? "device memory" : "not (all) device memory");
+        return fail(cudaErrorInvalidValue, msg);
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind k, cudaStream_t s) {
+    if (!n)
+        return cudaSuccess;
+    if (cudaError_t e = check_copy(dst, src, n, k, "cudaMemcpyAsync"))
+        return e;
+    return enqueue(s, [dst, src, n]() { memcpy(dst, src, n); }, "cudaMemcpyAsync");
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind k) {
+    if (cudaError_t e = unsafe_in_capture("cudaMemcpy during stream capture"))
+        return e;
+    return cudaMemcpyAsync(dst, src, n, k, NULL);
+}
+cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+    if (!n)
+        return cudaSuccess;
+    if (!cuemu::is_device(p, n))
+        return fail(cudaErrorInvalidValue, "cudaMemsetAsync of memory that is not (all) device memory");
+    return enqueue(s, [p, v, n]() { memset(p, v, n); }, "cudaMemsetAsync");
+}
+cudaError_t cudaMemset(void *p, int v, size_t n) {
+    if (cudaError_t e = unsafe_in_capture("cudaMemset during stream capture"))
+        return e;
+    return cudaMemsetAsync(p, v, n, NULL);
+}
+
+/* streams and events: work runs when it is issued, so waiting is free;
+ * what is tracked is which streams a capture has taken in */
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+    *s = new CUstream_st();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t *s, unsigned, int) {
+    *s = new CUstream_st();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (s && s->cap)
+        return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamDestroy of a capturing stream");
+    delete s;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if ((s && s->cap) || (!s && t_capture)) {
+        if (s && s->cap)
+            s->cap->err = cudaErrorStreamCaptureUnsupported;
+        return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamSynchronize of a capturing stream");
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
+    *e = new CUevent_st();
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    e->cap = s ? s->cap : NULL;
+    e->src = s;
+    e->seq = s ? s->seq : 0;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    Capture *c = e->cap;
+    if (!c)
+        return cudaSuccess;
+    if (!s)
+        return fail(cudaErrorStreamCaptureImplicit, "cudaStreamWaitEvent: legacy stream waits on a capture");
+    if (!s->cap) { /* fork: s joins the capture */
+        s->cap = c;
+        s->seq = s->joined = 0;
+        c->forked.push_back(s);
+    } else if (s == c->origin && e->src != s) { /* join: the origin waits for the fork's work so far */
+        e->src->joined = std::max(e->src->joined, e->seq);
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
+    if (!s || s->cap || t_capture)
+        return fail(cudaErrorIllegalState, "cudaStreamBeginCapture");
+    Capture *c = new Capture();
+    c->origin = s;
+    c->thread = std::this_thread::get_id();
+    c->err = cudaSuccess;
+    s->cap = c;
+    s->seq = s->joined = 0;
+    t_capture = c;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+    *g = NULL;
+    Capture *c = s ? s->cap : NULL;
+    if (!c || c->origin != s)
+        return fail(cudaErrorIllegalState, "cudaStreamEndCapture on a stream that did not begin a capture");
+    cudaError_t e = c->err;
+    for (cudaStream_t f : c->forked) {
+        if (!e && f->seq > f->joined) {
+            fprintf(stderr, "cuemu: stream capture: a forked stream has %zu operations not joined back\n",
+                    f->seq - f->joined);
+            e = cudaErrorStreamCaptureUnjoined;
+        }
+        f->cap = NULL;
+    }
+    s->cap = NULL;
+    t_capture = NULL;
+    if (!e)
+        *g = new CUgraph_st{std::move(c->ops)};
+    delete c;
+    if (e)
+        t_last_err = e;
+    return e;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long) {
+    *x = new CUgraphExec_st{g->ops};
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s) {
+    return enqueue(s, [x]() {
+            for (const op_t &op : x->ops)
+                op();
+        }, "cudaGraphLaunch");
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    delete g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) {
+    delete x;
+    return cudaSuccess;
+}
+
+/* ---- cuBLAS: cublasGemmEx, fp32 accumulation ---- */
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *h) {
+    *h = new cublasContext();
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void *ws, size_t n) {
+    return !n || cuemu::is_device(ws, n) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+
+} /* extern "C" */
+
+static size_t type_size(cudaDataType t) {
+    return t == CUDA_R_32F ? 4 : t == CUDA_R_16F || t == CUDA_R_16BF ? 2 : 0;
+}
+static float load_el(const void *p, cudaDataType t, size_t i) {
+    if (t == CUDA_R_32F)
+        return ((const float *)p)[i];
+    if (t == CUDA_R_16F)
+        return __half2float(((const __half *)p)[i]);
+    return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+}
+static void store_el(void *p, cudaDataType t, size_t i, float v) {
+    if (t == CUDA_R_32F)
+        ((float *)p)[i] = v;
+    else if (t == CUDA_R_16F)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
+}
+
+/* op(M) as rows x k floats, row r = what multiplies output row/column r */
+static void panel(std::vector<float> &out, const void *p, cudaDataType t, int ld, bool trans, int rows, int k) {
+    out.resize((size_t)rows * k);
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < k; q++)
+            out[(size_t)r * k + q] = load_el(p, t, trans ? (size_t)q + (size_t)r * ld : (size_t)r + (size_t)q * ld);
+}
+
+/* The GEMM's inner loop, in AVX2+FMA where the CPU has them. */
+__attribute__((target_clones("arch=haswell", "default"))) static float dot(const float *x, const float *y, int k) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int q = 0; q < k; q++)
+        s += x[q] * y[q];
+    return s;
+}
+
+extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                       int k, const void *alpha, const void *A, cudaDataType at, int lda,
+                                       const void *B, cudaDataType bt, int ldb, const void *beta, void *C,
+                                       cudaDataType ct, int ldc, cublasComputeType_t comp, cublasGemmAlgo_t) {
+    if (m < 0 || n < 0 || k < 0 || !type_size(at) || !type_size(bt) || !type_size(ct) ||
+        (comp != CUBLAS_COMPUTE_32F && comp != CUBLAS_COMPUTE_32F_FAST_TF32) ||
+        lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) ||
+        ldc < std::max(1, m)) {
+        fprintf(stderr, "cuemu: cublasGemmEx: invalid arguments (m %d n %d k %d lda %d ldb %d ldc %d)\n", m, n, k,
+                lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (!m || !n)
+        return CUBLAS_STATUS_SUCCESS;
+    /* the last element each operand reaches must be device memory */
+    size_t a_n = ta == CUBLAS_OP_N ? (size_t)lda * (k - 1) + m : (size_t)lda * (m - 1) + k;
+    size_t b_n = tb == CUBLAS_OP_N ? (size_t)ldb * (n - 1) + k : (size_t)ldb * (k - 1) + n;
+    size_t c_n = (size_t)ldc * (n - 1) + m;
+    if ((k && (!cuemu::is_device(A, a_n * type_size(at)) || !cuemu::is_device(B, b_n * type_size(bt)))) ||
+        !cuemu::is_device(C, c_n * type_size(ct))) {
+        fprintf(stderr, "cuemu: cublasGemmEx: an operand is not (all) in device memory (m %d n %d k %d)\n", m, n,
+                k);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    bool tra = ta != CUBLAS_OP_N, trb = tb == CUBLAS_OP_N; /* B's column j is row j of its panel */
+    op_t op = [=]() {
+        std::vector<float> ap, bp;
+        panel(ap, A, at, lda, tra, m, k);
+        panel(bp, B, bt, ldb, trb, n, k);
+        /* 8 columns of C per pass over op(A), so that op(A) streams from
+         * memory n / 8 times, not n times */
+        int nblk = (n + 7) / 8;
+#pragma omp parallel for schedule(dynamic, 1) if ((double)m * n * k > 1e7)
+        for (int jb = 0; jb < nblk; jb++) {
+            int j0 = jb * 8, nj = std::min(8, n - j0);
+            for (int i = 0; i < m; i++)
+                for (int jj = 0; jj < nj; jj++) {
+                    size_t ci = (size_t)i + (size_t)(j0 + jj) * ldc;
+                    float v = al * dot(&ap[(size_t)i * k], &bp[(size_t)(j0 + jj) * k], k);
+                    if (be != 0.0f)
+                        v += be * load_el(C, ct, ci);
+                    store_el(C, ct, ci, v);
+                }
+        }
+    };
+    return enqueue(h->stream, op, "cublasGemmEx") ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
