@@ -18,10 +18,14 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
+/* CUEMU_ASAN=1 (set by cuemu.cmake in ASan builds, where this file itself
+ * is not instrumented): fiber switches are announced to ASan */
+#if !defined(CUEMU_ASAN) && defined(__SANITIZE_ADDRESS__)
+#define CUEMU_ASAN 1
+#endif
+#if CUEMU_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
-#define CUEMU_ASAN 1
 #else
 #define CUEMU_ASAN 0
 #endif

@@ -15,10 +15,14 @@ set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)
 
 # The same test with the CUDA backend's sources built against the CPU
 # emulation of the device (tests/cuemu/): every kernel, copy, graph capture
-# and GEMM of the backend runs in CI, without a GPU.
+# and GEMM of the backend runs in CI, without a GPU. Under the sanitizers
+# (several times slower) the synthetic models are cut to one per head size.
+if(LORAPLEX_SANITIZE)
+  set(lp_cuda_emu_scope --quick)
+endif()
 lp_cuemu_test(test_cuda_emu
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cuda.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
-  ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
+  ARGS ${lp_cuda_emu_scope} ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
   LABELS backend cuemu)
 
 # The token grouping of the CUDA multi-LoRA kernels (host code), without a GPU.
