@@ -2,7 +2,7 @@
 # as C++ against a CPU emulation of the device (cuemu.h, cuemu.cpp), so that
 # CI runs every kernel without a GPU. Needs a C++ compiler, an x86-64 CPU and
 # the CUDA toolkit's headers (neither its libraries nor nvcc nor a GPU).
-# lp_cuemu_test(NAME SOURCES... ARGS...) builds a test against it.
+# lp_cuemu_test() (below) builds a test against it.
 set(LP_CUEMU OFF)
 find_package(CUDAToolkit QUIET)
 if(CMAKE_CXX_COMPILER AND CUDAToolkit_FOUND AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
@@ -12,15 +12,21 @@ else()
 endif()
 
 if(LP_CUEMU)
-  file(GLOB lp_cu_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/backend/cuda/*.cu)
-  set(lp_cuemu_sources ${CMAKE_CURRENT_LIST_DIR}/cuemu.cpp)
-  foreach(cu ${lp_cu_sources})
+  # lp_cuemu_transform(OUT_VAR CU): CU as C++ for cuemu.h (transform.sh)
+  function(lp_cuemu_transform out_var cu)
     get_filename_component(n ${cu} NAME)
     set(out ${CMAKE_CURRENT_BINARY_DIR}/cuemu-${n}.cpp)
     add_custom_command(OUTPUT ${out}
-      COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/transform.sh ${cu} ${out}
-      DEPENDS ${cu} ${CMAKE_CURRENT_LIST_DIR}/transform.sed ${CMAKE_CURRENT_LIST_DIR}/transform.sh
+      COMMAND sh ${LP_CUEMU_DIR}/transform.sh ${cu} ${out}
+      DEPENDS ${cu} ${LP_CUEMU_DIR}/transform.sed ${LP_CUEMU_DIR}/transform.sh
       COMMENT "cuemu: ${n} as C++")
+    set(${out_var} ${out} PARENT_SCOPE)
+  endfunction()
+  set(LP_CUEMU_DIR ${CMAKE_CURRENT_LIST_DIR})
+  file(GLOB lp_cu_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/backend/cuda/*.cu)
+  set(lp_cuemu_sources ${CMAKE_CURRENT_LIST_DIR}/cuemu.cpp)
+  foreach(cu ${lp_cu_sources})
+    lp_cuemu_transform(out ${cu})
     list(APPEND lp_cuemu_sources ${out})
   endforeach()
   add_library(lp_cuemu OBJECT ${lp_cuemu_sources})
@@ -46,17 +52,33 @@ if(LP_CUEMU)
   endif()
 endif()
 
+# lp_cuemu_test(NAME SOURCES... [ARGS ...] [LABELS ...]): a test linked with
+# the emulated backend; .cu sources among SOURCES are emulated too.
 function(lp_cuemu_test name)
   if(NOT LP_CUEMU)
     return()
   endif()
   cmake_parse_arguments(T "" "" "SOURCES;ARGS;LABELS" ${ARGN})
-  add_executable(${name} ${T_SOURCES} ${CMAKE_SOURCE_DIR}/tests/unit/testlib.c $<TARGET_OBJECTS:lp_cuemu>)
+  set(srcs)
+  foreach(src ${T_SOURCES})
+    if(src MATCHES "\\.cu$")
+      lp_cuemu_transform(out ${src})
+      set_source_files_properties(${out} PROPERTIES COMPILE_OPTIONS "-include;${LP_CUEMU_DIR}/cuemu.h")
+      list(APPEND srcs ${out})
+    else()
+      list(APPEND srcs ${src})
+    endif()
+  endforeach()
+  add_executable(${name} ${srcs} ${CMAKE_SOURCE_DIR}/tests/unit/testlib.c $<TARGET_OBJECTS:lp_cuemu>)
   # the emulator's definitions of the CUDA entry points come first, so the
   # library's src/backend/cuda_absent.c is never linked in
   target_link_libraries(${name} PRIVATE loraplex_core OpenMP::OpenMP_CXX)
-  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/tests/unit)
-  set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX)
+  target_include_directories(${name} PRIVATE ${CMAKE_SOURCE_DIR}/tests/unit ${LP_CUEMU_DIR}
+                             ${CUDAToolkit_INCLUDE_DIRS})
+  set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX CXX_STANDARD 17)
   add_test(NAME ${name} COMMAND ${name} ${T_ARGS})
   set_tests_properties(${name} PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=PASSIVE" LABELS "${T_LABELS}")
 endfunction()
+
+# The emulator itself, on kernels with known answers.
+lp_cuemu_test(test_cuemu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cuemu.cu LABELS cuemu)

@@ -118,7 +118,7 @@ static size_t g_ready_head, g_ready_n;
 static unsigned g_alive, g_block_arrived;
 static const std::function<void()> *g_body;
 static std::vector<unsigned char> g_dyn_smem;
-static const char *g_kernel_what = "kernel";
+static const char *g_kernel_what = "kernel"; /* the running kernel's name */
 #if CUEMU_ASAN
 static void *g_main_bottom;
 static size_t g_main_size;
@@ -348,6 +348,7 @@ static void run_grid(const Cfg &c, const std::function<void()> &body) {
     unsigned nt = c.block.x * c.block.y * c.block.z;
     g_block_dim = c.block;
     g_grid_dim = c.grid;
+    g_kernel_what = c.name;
     g_body = &body;
     g_fibers.assign(nt, Fiber());
     g_warps.assign((nt + 31) / 32, Warp());
@@ -472,14 +473,14 @@ void cuemu::submit_grid(const Cfg &c, std::function<void()> per_thread) {
     unsigned nt = c.block.x * c.block.y * c.block.z;
     if (!nt || nt > 1024 || c.block.z > 64 || !c.grid.x || !c.grid.y || !c.grid.z || c.grid.y > 65535 ||
         c.grid.z > 65535) {
-        fprintf(stderr, "cuemu: launch of grid (%u,%u,%u) x block (%u,%u,%u) is over the device's limits\n",
-                c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
+        fprintf(stderr, "cuemu: %s: launch of grid (%u,%u,%u) x block (%u,%u,%u) is over the device's limits\n",
+                c.name, c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
         t_last_err = cudaErrorInvalidConfiguration;
         return;
     }
     if (c.smem > (size_t)smem_optin()) {
-        fprintf(stderr, "cuemu: launch with %zu bytes of dynamic shared memory, over the device's %d\n", c.smem,
-                smem_optin());
+        fprintf(stderr, "cuemu: %s: launch with %zu bytes of dynamic shared memory, over the device's %d\n", c.name,
+                c.smem, smem_optin());
         t_last_err = cudaErrorInvalidValue;
         return;
     }

@@ -91,7 +91,8 @@ struct Cfg {
     dim3 grid, block;
     size_t smem;
     cudaStream_t stream;
-    Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = 0) : grid(g), block(b), smem(s), stream(st) {}
+    const char *name; /* the kernel, as written at the launch (for messages) */
+    Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = 0) : grid(g), block(b), smem(s), stream(st), name("kernel") {}
 };
 /* Runs (or, in a stream being captured, records) a grid. */
 void submit_grid(const Cfg &c, std::function<void()> per_thread);
@@ -106,7 +107,7 @@ template <typename F> struct Launcher {
 };
 struct Launch {
     Cfg c;
-    template <typename... A> explicit Launch(A... a) : c(a...) {}
+    template <typename... A> explicit Launch(const char *name, A... a) : c(a...) { c.name = name; }
     template <typename F> Launcher<F> operator*(F f) const { return Launcher<F>{c, f}; }
 };
 
