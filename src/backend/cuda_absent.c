@@ -5,10 +5,6 @@
  * the linker takes nothing from this file. */
 #include "backend/backend.h"
 
-#include <stddef.h>
-
-#include "util/util.h"
-
 int lp_backend_cuda_new(const lp_model *model, const lp_backend_params *params, lp_backend **out,
                         lp_error *err) {
     (void)model;

@@ -15,7 +15,6 @@
 
 #include <map>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 /* CUEMU_ASAN=1 (set by cuemu.cmake in ASan builds, where this file itself
@@ -145,34 +144,50 @@ static void make_ready(Fiber *f) {
     g_ready[(g_ready_head + g_ready_n++) % g_ready.size()] = f;
 }
 
+static Fiber *pop_ready() {
+    if (!g_ready_n)
+        return NULL;
+    Fiber *f = g_ready[g_ready_head];
+    g_ready_head = (g_ready_head + 1) % g_ready.size();
+    g_ready_n--;
+    return f;
+}
+
+/* Saves the running context's stack pointer in *save and resumes `next`
+ * (the launching thread when NULL); returns when the context is resumed.
+ * fake: where ASan keeps the context's fake stack (NULL: it never resumes). */
+static void switch_to(void **save, Fiber *next, void **fake) {
+#if CUEMU_ASAN
+    __sanitizer_start_switch_fiber(fake, next ? next->stack : g_main_bottom, next ? next->stack_size : g_main_size);
+#endif
+    g_cur = next;
+    cuemu_swap(save, next ? next->sp : g_main_sp);
+#if CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(fake ? *fake : NULL, NULL, NULL);
+#else
+    (void)fake;
+#endif
+}
+
 /* Leaves the running fiber (which has blocked or finished) for the next
  * runnable one, or for the launching thread once every fiber has finished;
  * returns when the fiber is resumed. */
 static void switch_away(bool finished) {
-    Fiber *f = g_cur, *next = NULL;
-    if (g_ready_n) {
-        next = g_ready[g_ready_head];
-        g_ready_head = (g_ready_head + 1) % g_ready.size();
-        g_ready_n--;
-    } else if (g_alive) {
+    Fiber *f = g_cur, *next = pop_ready();
+    if (!next && g_alive) {
         unsigned at_block = 0, at_warp = 0;
         for (Fiber &o : g_fibers)
             at_block += o.st == WAIT_BLOCK, at_warp += o.st == WAIT_WARP;
         die("%s: deadlock: %u threads wait at __syncthreads, %u at warp barriers, none can go on", g_kernel_what,
             at_block, at_warp);
     }
-    void *dummy, **save = finished ? &dummy : &f->sp;
+    void *dummy;
 #if CUEMU_ASAN
-    if (next)
-        __sanitizer_start_switch_fiber(finished ? NULL : &f->fake, next->stack, next->stack_size);
-    else
-        __sanitizer_start_switch_fiber(finished ? NULL : &f->fake, g_main_bottom, g_main_size);
+    void **fake = finished ? NULL : &f->fake;
+#else
+    void **fake = NULL;
 #endif
-    g_cur = next;
-    cuemu_swap(save, next ? next->sp : g_main_sp);
-#if CUEMU_ASAN
-    __sanitizer_finish_switch_fiber(f->fake, NULL, NULL);
-#endif
+    switch_to(finished ? &dummy : &f->sp, next, fake);
 }
 
 static void release_block() {
@@ -326,19 +341,8 @@ static void run_block() {
         g_warps.back().done = ~0u << (n % 32);
     g_alive = (unsigned)n;
     g_block_arrived = 0;
-    Fiber *first = g_ready[0];
-    g_ready_head = 1;
-    g_ready_n--;
-    g_cur = first;
-#if CUEMU_ASAN
     void *fake = NULL;
-    __sanitizer_start_switch_fiber(&fake, first->stack, first->stack_size);
-#endif
-    cuemu_swap(&g_main_sp, first->sp);
-#if CUEMU_ASAN
-    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
-#endif
-    g_cur = NULL;
+    switch_to(&g_main_sp, pop_ready(), &fake); /* back when every fiber has finished */
 }
 
 static std::recursive_mutex g_dev_lock; /* one kernel, copy or GEMM at a time */
@@ -366,13 +370,12 @@ static void run_grid(const Cfg &c, const std::function<void()> &body) {
         f.lane = i % 32;
         f.warp = i / 32;
     }
-    g_dyn_smem.assign(c.smem ? c.smem : 1, 0xff); /* not zero: reads before writes show up as NaN */
+    g_dyn_smem.resize(c.smem ? c.smem : 1);
     for (unsigned z = 0; z < c.grid.z; z++)
         for (unsigned y = 0; y < c.grid.y; y++)
             for (unsigned x = 0; x < c.grid.x; x++) {
                 g_block_idx = make_uint3(x, y, z);
-                if (c.smem)
-                    memset(g_dyn_smem.data(), 0xff, c.smem);
+                memset(g_dyn_smem.data(), 0xff, c.smem); /* not zero: reads before writes show up as NaN */
                 run_block();
             }
 }
@@ -409,7 +412,6 @@ typedef std::function<void()> op_t;
 
 struct Capture {
     cudaStream_t origin;
-    std::thread::id thread;
     std::vector<op_t> ops;
     std::vector<cudaStream_t> forked;
     cudaError_t err;
@@ -733,7 +735,6 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
         return fail(cudaErrorIllegalState, "cudaStreamBeginCapture");
     Capture *c = new Capture();
     c->origin = s;
-    c->thread = std::this_thread::get_id();
     c->err = cudaSuccess;
     s->cap = c;
     s->seq = s->joined = 0;
