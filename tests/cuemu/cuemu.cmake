@@ -82,3 +82,13 @@ endfunction()
 
 # The emulator itself, on kernels with known answers.
 lp_cuemu_test(test_cuemu SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cuemu.cu LABELS cuemu)
+
+# The server itself on the emulated device: `loraplex_cuemu serve --device
+# cuda` runs the CUDA backend's code (graphs, sampling, the device tier fed
+# by the store's loader thread) under the real engine and HTTP server.
+if(LP_CUEMU)
+  add_executable(loraplex_cuemu ${CMAKE_SOURCE_DIR}/src/cli/main.c $<TARGET_OBJECTS:lp_cuemu>)
+  target_compile_definitions(loraplex_cuemu PRIVATE LORAPLEX_VERSION="${PROJECT_VERSION}" LORAPLEX_HAVE_CUDA=1)
+  target_link_libraries(loraplex_cuemu PRIVATE loraplex_core OpenMP::OpenMP_CXX)
+  set_target_properties(loraplex_cuemu PROPERTIES LINKER_LANGUAGE CXX)
+endif()

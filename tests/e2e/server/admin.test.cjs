@@ -115,7 +115,9 @@ test('host tier full of active adapters -> 429 with Retry-After; device tier swa
     const base = await post(srv.url + '/v1/completions', { model: 'tinylm', prompt: 'x', max_tokens: 2 });
     assert.strictEqual(base.status, 200);
     ctl.abort();
-    await sleep(300);
+    // the abort takes effect at the engine's next step: wait for it (a slow
+    // build, such as the sanitized emulated-CUDA one, takes a while)
+    for (let i = 0; i < 600 && await active() >= 1; i++) await sleep(50);
     // now sort fits: it displaces math from both tiers
     const s = await post(srv.url + '/v1/completions', { model: 'sort', prompt: 'Sort: 9 1 3 3\nSorted:', max_tokens: 12, temperature: 0 });
     assert.strictEqual(s.status, 200, s.text);
@@ -179,7 +181,8 @@ test('api key and admin key', async () => {
 });
 
 test('SIGTERM drains in-flight requests, refuses new ones, exits 0', async () => {
-  const srv = await start(['--lora-dir', loraDir(['math'])]);
+  // a drain deadline far beyond what 200 tokens take on the slowest build
+  const srv = await start(['--lora-dir', loraDir(['math']), '--drain-timeout', '600']);
   const inflight = post(srv.url + '/v1/completions', { model: 'math', prompt: 'The', max_tokens: 200, ignore_eos: true });
   let running = 0;
   for (let i = 0; i < 1000 && running < 1; i++) { await sleep(10); running = await metric(srv.url, 'vllm:num_requests_running'); }

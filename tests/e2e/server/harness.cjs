@@ -52,9 +52,16 @@ async function start(args = [], opts = {}) {
   throw new Error('no free port');
 }
 
+// Stops the server with SIGTERM and checks it shut down cleanly: exit status
+// 0 and no sanitizer report in its log (ASan/UBSan builds), so a crash or a
+// leak at shutdown fails the test that started the server.
 async function stop(srv) {
-  if (srv.proc.exitCode === null) srv.proc.kill('SIGTERM');
-  return srv.exited;
+  if (srv.proc.exitCode === null && srv.proc.signalCode === null) srv.proc.kill('SIGTERM');
+  const res = await srv.exited;
+  const log = srv.log();
+  if (res.code !== 0 || /ERROR: (Address|Leak)Sanitizer|runtime error:/.test(log))
+    throw new Error(`server did not shut down cleanly (exit ${res.code}, signal ${res.signal}):\n` + log.slice(-4000));
+  return res;
 }
 
 async function post(url, body, headers = {}) {
