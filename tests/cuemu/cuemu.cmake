@@ -91,4 +91,29 @@ if(LP_CUEMU)
   target_compile_definitions(loraplex_cuemu PRIVATE LORAPLEX_VERSION="${PROJECT_VERSION}" LORAPLEX_HAVE_CUDA=1)
   target_link_libraries(loraplex_cuemu PRIVATE loraplex_core OpenMP::OpenMP_CXX)
   set_target_properties(loraplex_cuemu PROPERTIES LINKER_LANGUAGE CXX)
+
+  # bench/gpu_bench.c on the emulated device: gpu_bench_smoke runs each of its
+  # modes on a tiny synthetic model, so the GPU session's benchmark driver
+  # has run before it gets there (its timings mean nothing here).
+  add_executable(gpu_bench_cuemu ${CMAKE_SOURCE_DIR}/bench/gpu_bench.c $<TARGET_OBJECTS:lp_cuemu>)
+  target_include_directories(gpu_bench_cuemu PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(gpu_bench_cuemu PRIVATE loraplex_core OpenMP::OpenMP_CXX)
+  set_target_properties(gpu_bench_cuemu PROPERTIES LINKER_LANGUAGE CXX)
+  # bench/lora_kernels.cu likewise: its correctness check of the multi-LoRA
+  # kernels against three cuBLAS baselines, at small shapes.
+  lp_cuemu_transform(lk_src ${CMAKE_SOURCE_DIR}/bench/lora_kernels.cu)
+  set_source_files_properties(${lk_src} PROPERTIES COMPILE_OPTIONS "-include;${LP_CUEMU_DIR}/cuemu.h")
+  add_executable(bench_lora_kernels_cuemu ${lk_src} $<TARGET_OBJECTS:lp_cuemu>)
+  target_include_directories(bench_lora_kernels_cuemu PRIVATE ${LP_CUEMU_DIR} ${CMAKE_SOURCE_DIR}/src
+                             ${CMAKE_SOURCE_DIR}/include ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(bench_lora_kernels_cuemu PRIVATE loraplex_core OpenMP::OpenMP_CXX)
+  set_target_properties(bench_lora_kernels_cuemu PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
+  add_test(NAME bench_lora_kernels_smoke COMMAND bench_lora_kernels_cuemu --in 512 --out 768 --rank 24
+           --batches 1,5,32 --iters 2 --warmup 1 --copy-mib 16)
+  set_tests_properties(bench_lora_kernels_smoke PROPERTIES LABELS cuemu TIMEOUT 300
+                       ENVIRONMENT "OMP_WAIT_POLICY=PASSIVE;CUEMU_MEM_MB=2048")
+  add_test(NAME gpu_bench_smoke COMMAND ${LP_CUEMU_DIR}/gpu_bench_smoke.sh $<TARGET_FILE:loraplex>
+           $<TARGET_FILE:gpu_bench_cuemu>)
+  set_tests_properties(gpu_bench_smoke PROPERTIES LABELS cuemu TIMEOUT 600
+                       ENVIRONMENT "OMP_WAIT_POLICY=PASSIVE;CUEMU_MEM_MB=1024;GPU_BENCH_FREE_GIB=2")
 endif()

@@ -6,6 +6,7 @@
 #include "cuemu.h"
 
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -411,6 +412,7 @@ using cuemu::g_dev_lock;
 typedef std::function<void()> op_t;
 
 struct Capture {
+    uint64_t id; /* events name their capture by id: it may have ended since */
     cudaStream_t origin;
     std::vector<op_t> ops;
     std::vector<cudaStream_t> forked;
@@ -421,9 +423,10 @@ struct CUstream_st {
     size_t seq, joined; /* ops recorded on this stream during the capture; of those, joined back to the origin */
 };
 struct CUevent_st {
-    Capture *cap; /* recorded in a capture */
+    uint64_t cap; /* recorded in the capture of this id (0: not in one) */
     cudaStream_t src;
     size_t seq;
+    double t; /* when the work before it ran (host clock, s); < 0: never recorded */
 };
 struct CUgraph_st {
     std::vector<op_t> ops;
@@ -437,6 +440,19 @@ struct CUmemPoolHandle_st {
 struct cublasContext {
     cudaStream_t stream;
 };
+
+/* Captures in progress by id, so an event recorded in one that has ended
+ * since is told apart from one in a live capture. */
+static std::mutex g_cap_lock;
+static std::map<uint64_t, Capture *> g_captures;
+static uint64_t g_cap_next = 1;
+static Capture *live_capture(uint64_t id) {
+    if (!id)
+        return NULL;
+    std::lock_guard<std::mutex> lk(g_cap_lock);
+    auto it = g_captures.find(id);
+    return it == g_captures.end() ? NULL : it->second;
+}
 
 static thread_local cudaError_t t_last_err = cudaSuccess;
 static thread_local Capture *t_capture; /* the capture this thread began, in thread-local mode */
@@ -701,8 +717,43 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     }
     return cudaSuccess;
 }
+static double now_s() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) {
     *e = new CUevent_st();
+    (*e)->t = -1.0;
+    return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    return cudaEventCreateWithFlags(e, 0);
+}
+/* Work runs when it is issued, so an event completes when it is recorded and
+ * the time between two is the host time the work between them took (a
+ * graph's event takes its time at replay). */
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (cudaError_t err = unsafe_in_capture("cudaEventSynchronize during stream capture"))
+        return err;
+    return live_capture(e->cap) ? fail(cudaErrorIllegalState, "cudaEventSynchronize of an event in a capture in progress")
+                                : cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+    return cudaEventSynchronize(e);
+}
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    if (!ms || !start || !end || live_capture(start->cap) || live_capture(end->cap))
+        return fail(cudaErrorInvalidValue, "cudaEventElapsedTime");
+    if (start->t < 0 || end->t < 0)
+        return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime of an event never recorded");
+    *ms = (float)((end->t - start->t) * 1e3);
+    return cudaSuccess;
+}
+cudaError_t cudaProfilerStart(void) {
+    return cudaSuccess;
+}
+cudaError_t cudaProfilerStop(void) {
     return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
@@ -710,13 +761,21 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-    e->cap = s ? s->cap : NULL;
+    Capture *c = s ? s->cap : NULL;
+    e->cap = c ? c->id : 0;
     e->src = s;
     e->seq = s ? s->seq : 0;
+    if (!c) {
+        e->t = now_s();
+        return cudaSuccess;
+    }
+    /* a graph node: the time is taken at replay (not counted as stream work
+     * for the join tracking above) */
+    c->ops.push_back([e]() { e->t = now_s(); });
     return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
-    Capture *c = e->cap;
+    Capture *c = live_capture(e->cap);
     if (!c)
         return cudaSuccess;
     if (!s)
@@ -734,6 +793,11 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
     if (!s || s->cap || t_capture)
         return fail(cudaErrorIllegalState, "cudaStreamBeginCapture");
     Capture *c = new Capture();
+    {
+        std::lock_guard<std::mutex> lk(g_cap_lock);
+        c->id = g_cap_next++;
+        g_captures[c->id] = c;
+    }
     c->origin = s;
     c->err = cudaSuccess;
     s->cap = c;
@@ -759,6 +823,10 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
     t_capture = NULL;
     if (!e)
         *g = new CUgraph_st{std::move(c->ops)};
+    {
+        std::lock_guard<std::mutex> lk(g_cap_lock);
+        g_captures.erase(c->id);
+    }
     delete c;
     if (e)
         t_last_err = e;
@@ -798,6 +866,14 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+const char *cublasGetStatusString(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    default: return "CUBLAS_STATUS (other)";
+    }
+}
 cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void *ws, size_t n) {
     return !n || cuemu::is_device(ws, n) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
 }
@@ -840,51 +916,139 @@ __attribute__((target_clones("arch=haswell", "default"))) static float dot(const
     return s;
 }
 
+/* One product C = alpha op(A) op(B) + beta C, column-major as cuBLAS has it. */
+struct Gemm {
+    bool tra, trb; /* op(A) = A^T, op(B) = B^T */
+    int m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const void *A, *B;
+    void *C;
+    cudaDataType at, bt, ct;
+};
+
+/* Arguments cuBLAS refuses, whatever the pointers. */
+static bool gemm_shape_ok(const Gemm &g, cublasComputeType_t comp, const char *who) {
+    if (g.m < 0 || g.n < 0 || g.k < 0 || !type_size(g.at) || !type_size(g.bt) || !type_size(g.ct) ||
+        (comp != CUBLAS_COMPUTE_32F && comp != CUBLAS_COMPUTE_32F_FAST_TF32) ||
+        g.lda < std::max(1, g.tra ? g.k : g.m) || g.ldb < std::max(1, g.trb ? g.n : g.k) ||
+        g.ldc < std::max(1, g.m)) {
+        fprintf(stderr, "cuemu: %s: invalid arguments (m %d n %d k %d lda %d ldb %d ldc %d)\n", who, g.m, g.n, g.k,
+                g.lda, g.ldb, g.ldc);
+        return false;
+    }
+    return true;
+}
+
+/* The last element each operand reaches must be device memory. */
+static bool gemm_mem_ok(const Gemm &g, const char *who) {
+    if (!g.m || !g.n)
+        return true;
+    size_t a_n = !g.tra ? (size_t)g.lda * (g.k - 1) + g.m : (size_t)g.lda * (g.m - 1) + g.k;
+    size_t b_n = !g.trb ? (size_t)g.ldb * (g.n - 1) + g.k : (size_t)g.ldb * (g.k - 1) + g.n;
+    size_t c_n = (size_t)g.ldc * (g.n - 1) + g.m;
+    if ((g.k && (!cuemu::is_device(g.A, a_n * type_size(g.at)) || !cuemu::is_device(g.B, b_n * type_size(g.bt)))) ||
+        !cuemu::is_device(g.C, c_n * type_size(g.ct))) {
+        fprintf(stderr, "cuemu: %s: an operand is not (all) in device memory (m %d n %d k %d)\n", who, g.m, g.n,
+                g.k);
+        return false;
+    }
+    return true;
+}
+
+static void gemm_run(const Gemm &g) {
+    if (!g.m || !g.n)
+        return;
+    int m = g.m, n = g.n, k = g.k, ldc = g.ldc;
+    std::vector<float> ap, bp;
+    panel(ap, g.A, g.at, g.lda, g.tra, m, k);
+    panel(bp, g.B, g.bt, g.ldb, !g.trb, n, k); /* B's column j is row j of its panel */
+    /* 8 columns of C per pass over op(A), so that op(A) streams from memory
+     * n / 8 times, not n times */
+    int nblk = (n + 7) / 8;
+#pragma omp parallel for schedule(dynamic, 1) if ((double)m * n * k > 1e7)
+    for (int jb = 0; jb < nblk; jb++) {
+        int j0 = jb * 8, nj = std::min(8, n - j0);
+        for (int i = 0; i < m; i++)
+            for (int jj = 0; jj < nj; jj++) {
+                size_t ci = (size_t)i + (size_t)(j0 + jj) * ldc;
+                float v = g.alpha * dot(&ap[(size_t)i * k], &bp[(size_t)(j0 + jj) * k], k);
+                if (g.beta != 0.0f)
+                    v += g.beta * load_el(g.C, g.ct, ci);
+                store_el(g.C, g.ct, ci, v);
+            }
+    }
+}
+
+static Gemm gemm_of(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *alpha,
+                    const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
+                    const void *beta, void *C, cudaDataType ct, int ldc) {
+    return Gemm{ta != CUBLAS_OP_N, tb != CUBLAS_OP_N, m, n, k, lda, ldb, ldc, *(const float *)alpha,
+                *(const float *)beta, A, B, C, at, bt, ct};
+}
+
 extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
                                        int k, const void *alpha, const void *A, cudaDataType at, int lda,
                                        const void *B, cudaDataType bt, int ldb, const void *beta, void *C,
                                        cudaDataType ct, int ldc, cublasComputeType_t comp, cublasGemmAlgo_t) {
-    if (m < 0 || n < 0 || k < 0 || !type_size(at) || !type_size(bt) || !type_size(ct) ||
-        (comp != CUBLAS_COMPUTE_32F && comp != CUBLAS_COMPUTE_32F_FAST_TF32) ||
-        lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) ||
-        ldc < std::max(1, m)) {
-        fprintf(stderr, "cuemu: cublasGemmEx: invalid arguments (m %d n %d k %d lda %d ldb %d ldc %d)\n", m, n, k,
-                lda, ldb, ldc);
+    Gemm g = gemm_of(ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc);
+    if (!gemm_shape_ok(g, comp, "cublasGemmEx") || !gemm_mem_ok(g, "cublasGemmEx"))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    return enqueue(h->stream, [g]() { gemm_run(g); }, "cublasGemmEx") ? CUBLAS_STATUS_EXECUTION_FAILED
+                                                                       : CUBLAS_STATUS_SUCCESS;
+}
+
+/* `count` products whose operands lie `stride` elements apart. */
+extern "C" cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                                     int m, int n, int k, const void *alpha, const void *A,
+                                                     cudaDataType at, int lda, long long sa, const void *B,
+                                                     cudaDataType bt, int ldb, long long sb, const void *beta, void *C,
+                                                     cudaDataType ct, int ldc, long long sc, int count,
+                                                     cublasComputeType_t comp, cublasGemmAlgo_t) {
+    const char *who = "cublasGemmStridedBatchedEx";
+    Gemm g = gemm_of(ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc);
+    if (count < 0 || !gemm_shape_ok(g, comp, who))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    std::vector<Gemm> all;
+    for (int i = 0; i < count; i++) {
+        Gemm gi = g;
+        gi.A = (const char *)A + (ptrdiff_t)(i * sa) * (ptrdiff_t)type_size(at);
+        gi.B = (const char *)B + (ptrdiff_t)(i * sb) * (ptrdiff_t)type_size(bt);
+        gi.C = (char *)C + (ptrdiff_t)(i * sc) * (ptrdiff_t)type_size(ct);
+        if (!gemm_mem_ok(gi, who))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        all.push_back(gi);
+    }
+    return enqueue(h->stream, [all]() { for (const Gemm &gi : all) gemm_run(gi); }, who)
+               ? CUBLAS_STATUS_EXECUTION_FAILED
+               : CUBLAS_STATUS_SUCCESS;
+}
+
+/* `count` products whose operands' addresses are read from device arrays
+ * when the work runs (a kernel before it may write them). */
+extern "C" cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                              int n, int k, const void *alpha, const void *const Aarray[],
+                                              cudaDataType at, int lda, const void *const Barray[], cudaDataType bt,
+                                              int ldb, const void *beta, void *const Carray[], cudaDataType ct,
+                                              int ldc, int count, cublasComputeType_t comp, cublasGemmAlgo_t) {
+    const char *who = "cublasGemmBatchedEx";
+    Gemm g = gemm_of(ta, tb, m, n, k, alpha, NULL, at, lda, NULL, bt, ldb, beta, NULL, ct, ldc);
+    if (count < 0 || !gemm_shape_ok(g, comp, who))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    size_t pn = (size_t)count * sizeof(void *);
+    if (count && (!cuemu::is_device(Aarray, pn) || !cuemu::is_device(Barray, pn) || !cuemu::is_device(Carray, pn))) {
+        fprintf(stderr, "cuemu: %s: a pointer array is not (all) in device memory\n", who);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    if (!m || !n)
-        return CUBLAS_STATUS_SUCCESS;
-    /* the last element each operand reaches must be device memory */
-    size_t a_n = ta == CUBLAS_OP_N ? (size_t)lda * (k - 1) + m : (size_t)lda * (m - 1) + k;
-    size_t b_n = tb == CUBLAS_OP_N ? (size_t)ldb * (n - 1) + k : (size_t)ldb * (k - 1) + n;
-    size_t c_n = (size_t)ldc * (n - 1) + m;
-    if ((k && (!cuemu::is_device(A, a_n * type_size(at)) || !cuemu::is_device(B, b_n * type_size(bt)))) ||
-        !cuemu::is_device(C, c_n * type_size(ct))) {
-        fprintf(stderr, "cuemu: cublasGemmEx: an operand is not (all) in device memory (m %d n %d k %d)\n", m, n,
-                k);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    float al = *(const float *)alpha, be = *(const float *)beta;
-    bool tra = ta != CUBLAS_OP_N, trb = tb == CUBLAS_OP_N; /* B's column j is row j of its panel */
-    op_t op = [=]() {
-        std::vector<float> ap, bp;
-        panel(ap, A, at, lda, tra, m, k);
-        panel(bp, B, bt, ldb, trb, n, k);
-        /* 8 columns of C per pass over op(A), so that op(A) streams from
-         * memory n / 8 times, not n times */
-        int nblk = (n + 7) / 8;
-#pragma omp parallel for schedule(dynamic, 1) if ((double)m * n * k > 1e7)
-        for (int jb = 0; jb < nblk; jb++) {
-            int j0 = jb * 8, nj = std::min(8, n - j0);
-            for (int i = 0; i < m; i++)
-                for (int jj = 0; jj < nj; jj++) {
-                    size_t ci = (size_t)i + (size_t)(j0 + jj) * ldc;
-                    float v = al * dot(&ap[(size_t)i * k], &bp[(size_t)(j0 + jj) * k], k);
-                    if (be != 0.0f)
-                        v += be * load_el(C, ct, ci);
-                    store_el(C, ct, ci, v);
-                }
+    op_t op = [g, Aarray, Barray, Carray, count, who]() {
+        for (int i = 0; i < count; i++) {
+            Gemm gi = g;
+            gi.A = Aarray[i];
+            gi.B = Barray[i];
+            gi.C = Carray[i];
+            if (!gemm_mem_ok(gi, who))
+                cuemu::die("%s: product %d of %d reads or writes outside device memory", who, i, count);
+            gemm_run(gi);
         }
     };
-    return enqueue(h->stream, op, "cublasGemmEx") ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+    return enqueue(h->stream, op, who) ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
 }

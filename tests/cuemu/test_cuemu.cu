@@ -192,6 +192,26 @@ static void check_graphs(void) {
     CHECKF(got[0] == 112.0f && got[31] == 112.0f, "graph replay: d[0] = %g, want 112", got[0]);
     cudaGraphExecDestroy(x);
     cudaGraphDestroy(g);
+    /* the fork event's capture has ended: waiting on it joins nothing */
+    CHECK(cudaStreamWaitEvent(side, fork, 0) == cudaSuccess);
+    add_kernel<<<1, 32, 0, side>>>(d, 1.0f);
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    CHECKF(got[0] == 113.0f, "a stream that waited on an ended capture's event runs its work at once (d[0] = %g)",
+           got[0]);
+
+    /* timing events: the time between two records is the work between them */
+    cudaEvent_t t0, t1;
+    float ms = -1.0f;
+    CHECK(cudaEventCreate(&t0) == cudaSuccess && cudaEventCreate(&t1) == cudaSuccess);
+    CHECK(cudaEventElapsedTime(&ms, t0, t1) != cudaSuccess);
+    cudaGetLastError();
+    cudaEventRecord(t0, s);
+    add_kernel<<<256, 32, 0, s>>>(d, 0.0f);
+    cudaEventRecord(t1, s);
+    CHECK(cudaEventSynchronize(t1) == cudaSuccess);
+    CHECKF(cudaEventElapsedTime(&ms, t0, t1) == cudaSuccess && ms > 0.0f && ms < 60e3f, "elapsed %g ms", ms);
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
 
     /* a fork not joined back */
     cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
