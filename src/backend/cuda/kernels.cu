@@ -65,10 +65,12 @@ cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_
  * elements of x and of the weight in registers across the reduction. */
 #define NORM_VEC 16
 template <typename T>
-__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                                   T *out, float *out32, const int32_t *idx, int D, float eps) {
+__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *lora, const float *bias, const float *w,
+                                   T *out, float *out32, const int32_t *lrow, const int32_t *idx, int D, float eps) {
     int t = idx ? idx[blockIdx.x] : blockIdx.x;
+    int lr = lrow ? lrow[t] : -1; /* uniform over the block */
     float *xr = x + (size_t)t * D;
+    const float *lo = lora && lr >= 0 ? lora + (size_t)lr * D : NULL;
     float v[NORM_VEC], wv[NORM_VEC];
     float ss = 0.0f;
 #pragma unroll
@@ -77,7 +79,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2
         if (j < D) {
             float a = xr[j];
             if (add)
-                a += add[(size_t)t * D + j] + (add2 ? add2[(size_t)t * D + j] : 0.0f) + (bias ? bias[j] : 0.0f);
+                a += add[(size_t)t * D + j] + (lo ? lo[j] : 0.0f) + (bias ? bias[j] : 0.0f);
             v[k] = a;
             wv[k] = w[j];
             ss += a * a;
@@ -86,7 +88,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2
     ss = lp_block_sum(ss);
     float r = 1.0f / sqrtf(ss / (float)D + eps);
     T *o = out + (size_t)blockIdx.x * D;
-    float *o32 = out32 ? out32 + (size_t)blockIdx.x * D : NULL;
+    float *o32 = out32 && lr >= 0 ? out32 + (size_t)lr * D : NULL;
 #pragma unroll
     for (int k = 0; k < NORM_VEC; k++) {
         int j = threadIdx.x + k * blockDim.x;
@@ -101,22 +103,24 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *add2
     }
 }
 
-cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *add2, const float *bias, const float *w,
-                              void *out, lp_cu_type ot, float *out32, const int32_t *idx, int n_out, int D,
-                              float eps, cudaStream_t s) {
+cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *lora, const float *bias, const float *w,
+                              void *out, lp_cu_type ot, float *out32, const int32_t *lrow, const int32_t *idx,
+                              int n_out, int D, float eps, cudaStream_t s) {
     if (n_out <= 0)
         return cudaSuccess;
+    if ((lora || out32) && !lrow)
+        return cudaErrorInvalidValue;
     int th = 128;
     while (th * NORM_VEC < D && th < 1024)
         th *= 2;
     if (th * NORM_VEC < D)
         return cudaErrorInvalidValue; /* hidden > 16384: not a model we load */
     if (ot == LP_CT_F32)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (float *)out, out32, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (float *)out, out32, lrow, idx, D, eps);
     else if (ot == LP_CT_F16)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (__half *)out, out32, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (__half *)out, out32, lrow, idx, D, eps);
     else
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, add2, bias, w, (bf16 *)out, out32, idx, D, eps);
+        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (bf16 *)out, out32, lrow, idx, D, eps);
     return cudaGetLastError();
 }
 
@@ -144,7 +148,8 @@ __global__ void qkv_rope_kernel(const float *qkv, float *qout, KT *kv, lp_cu_rop
     int head = kind == 0 ? y : kind == 1 ? y - r.H : y - r.H - r.KVH;
     int col = kind == 0 ? head * hd : kind == 1 ? qdim + head * hd : qdim + kvdim + head * hd;
     const float *src = qkv + (size_t)t * ld + col;
-    const float *lo = r.lora ? r.lora + (size_t)t * ld + col : NULL;
+    int lr = r.lora ? r.lrow[t] : -1;
+    const float *lo = lr >= 0 ? r.lora + (size_t)lr * ld + col : NULL;
     bool on = i < half;
     float a = on ? src[i] + (r.bias ? r.bias[col + i] : 0.0f) + (lo ? lo[i] : 0.0f) : 0.0f;
     float b = on ? src[i + half] + (r.bias ? r.bias[col + i + half] : 0.0f) + (lo ? lo[i + half] : 0.0f) : 0.0f;
@@ -183,6 +188,8 @@ __global__ void qkv_rope_kernel(const float *qkv, float *qout, KT *kv, lp_cu_rop
 
 cudaError_t lp_cu_qkv_rope(const float *qkv, float *qout, void *kv, lp_cu_type kt, const lp_cu_rope *r,
                            const lp_cu_toks *tk, int T, cudaStream_t s) {
+    if (r->lora && !r->lrow)
+        return cudaErrorInvalidValue;
     dim3 grid(T, r->H + 2 * r->KVH);
     int th = ((r->hd / 2 + 31) / 32) * 32;
     if (kt == LP_CT_F32)
@@ -286,8 +293,9 @@ __device__ __forceinline__ void attention_finish(const float (&m)[ATT_MAXG], con
         if (a.splits == 1) {
             size_t o = (size_t)t * a.H * hd + (size_t)h * hd + d;
             out[o] = lp_to<OT>(O / L);
-            if (a.out32)
-                a.out32[o] = O / L;
+            int lr = a.out32 ? a.lrow[t] : -1;
+            if (lr >= 0)
+                a.out32[(size_t)lr * a.H * hd + (size_t)h * hd + d] = O / L;
         } else {
             /* partials by the block's place in the per-token list (tokens
              * the tensor-core kernel takes have none) */
@@ -528,8 +536,9 @@ __global__ void attention_combine_kernel(OT *out, lp_cu_attn a) {
     }
     size_t o = (size_t)t * a.H * hd + (size_t)h * hd + d;
     out[o] = lp_to<OT>(O / L);
-    if (a.out32)
-        a.out32[o] = O / L;
+    int lr = a.out32 ? a.lrow[t] : -1;
+    if (lr >= 0)
+        a.out32[(size_t)lr * a.H * hd + (size_t)h * hd + d] = O / L;
 }
 
 /* ---- prefill on tensor cores (LP_CU_ATT_TC_ROWS query tiles) ----
@@ -672,8 +681,9 @@ __global__ void __launch_bounds__(ATT_MAXG * 32)
         float v = sm.o[warp][rr][d] / sm.l[warp][rr];
         size_t o = (size_t)(t0 + rr) * qdim + (size_t)(h0 + warp) * HD + d;
         out[o] = lp_to<OT>(v);
-        if (a.out32)
-            a.out32[o] = v;
+        int lr = a.out32 ? a.lrow[t0 + rr] : -1;
+        if (lr >= 0)
+            a.out32[(size_t)lr * qdim + (size_t)(h0 + warp) * HD + d] = v;
     }
 }
 
@@ -757,6 +767,8 @@ static cudaError_t attention_nd(const float *q, const void *kv, void *out, const
 
 cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void *out, lp_cu_type ot,
                             const lp_cu_attn *a, const lp_cu_toks *tk, int T, cudaStream_t s) {
+    if (a->out32 && !a->lrow)
+        return cudaErrorInvalidValue;
     if (a->n_qt > 0) {
         if (!lp_cu_att_tc_ok(a->hd, kt) || (ot != LP_CT_F16 && ot != LP_CT_BF16))
             return cudaErrorInvalidValue;
@@ -776,30 +788,34 @@ cudaError_t lp_cu_attention(const float *q, const void *kv, lp_cu_type kt, void 
 }
 
 template <typename T>
-__global__ void silu_mul_kernel(const float *gu, const float *lora, const float *bias, T *out, float *out32, int Tn,
-                                int F) {
+__global__ void silu_mul_kernel(const float *gu, const float *lora, const float *bias, T *out, float *out32,
+                                const int32_t *lrow, int Tn, int F) {
     size_t n = (size_t)Tn * F;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         size_t t = e / F;
         int i = (int)(e % F);
-        float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f) + (lora ? lora[t * 2 * F + i] : 0.0f);
-        float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f) + (lora ? lora[t * 2 * F + F + i] : 0.0f);
+        int lr = lrow ? lrow[t] : -1;
+        const float *lo = lora && lr >= 0 ? lora + (size_t)lr * 2 * F : NULL;
+        float g = gu[t * 2 * F + i] + (bias ? bias[i] : 0.0f) + (lo ? lo[i] : 0.0f);
+        float u = gu[t * 2 * F + F + i] + (bias ? bias[F + i] : 0.0f) + (lo ? lo[F + i] : 0.0f);
         float y = g / (1.0f + expf(-g)) * u;
         out[e] = lp_to<T>(y);
-        if (out32)
-            out32[e] = y;
+        if (out32 && lr >= 0)
+            out32[(size_t)lr * F + i] = y;
     }
 }
 
 cudaError_t lp_cu_silu_mul(const float *gu, const float *lora, const float *bias, void *out, lp_cu_type ot,
-                           float *out32, int T, int F, cudaStream_t s) {
+                           float *out32, const int32_t *lrow, int T, int F, cudaStream_t s) {
+    if ((lora || out32) && !lrow)
+        return cudaErrorInvalidValue;
     size_t n = (size_t)T * F;
     unsigned grid = (unsigned)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
     if (ot == LP_CT_F32)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (float *)out, out32, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (float *)out, out32, lrow, T, F);
     else if (ot == LP_CT_F16)
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (__half *)out, out32, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (__half *)out, out32, lrow, T, F);
     else
-        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (bf16 *)out, out32, T, F);
+        silu_mul_kernel<<<grid, 256, 0, s>>>(gu, lora, bias, (bf16 *)out, out32, lrow, T, F);
     return cudaGetLastError();
 }

@@ -4,15 +4,18 @@
  * adapter of the batch to up to three fused projections (q/k/v, gate/up)
  * at each adapter's own rank - no padding to the largest rank.
  *
- *   shrink  V[s, t, z, :r] = X[t, cols of split s] . A_z^T
+ *   shrink  V[s, p, z, :r] = X[p, cols of split s] . A_z^T (p: a token's place)
  *           grid (tiles, K splits, modules): the tile's X columns are staged
  *           in shared memory, each warp computes ranks r = warp, warp + 8, ...
  *           with 16-byte loads of A; each split writes its own partial sums
  *           and the last split block of a tile to finish adds them up.
- *   expand  Y[t, col_z + o] += alpha_t scaling V[0, t, z] . Bt_z[:, o]
+ *   expand  Y[t, col_z + o] += alpha_t scaling V[0, p, z] . Bt_z[:, o]
  *           grid (tiles, output tiles of 256, modules); Bt is stored
  *           (rank, out) so a warp reads 256 contiguous bytes per rank step;
- *           DoRA rescales the base output in the same pass.
+ *           DoRA rescales the base output in the same pass; an
+ *           overwriting expand writes the delta alone, rows by place.
+ * The call's base-model tokens have no place and no tile: they cost these
+ * kernels nothing.
  * The adapter of a tile comes from a descriptor table indexed by
  * (slot, layer, module), so the kernels never see host pointers. */
 #include "backend/cuda/cuda-device.cuh"
@@ -34,8 +37,6 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
     __shared__ __align__(16) float xs[LP_CU_LORA_TILE][SHRINK_KCHUNK];
     lp_cu_lora_item it = c.items[blockIdx.x];
     int z = blockIdx.z;
-    if (it.slot < 0)
-        return;
     lp_cu_lora_desc d = lora_desc(c, it.slot, mods.mod[z]);
     int k0 = blockIdx.y * kchunk;
     if (d.rank == 0 || k0 >= K)
@@ -43,7 +44,7 @@ __global__ void __launch_bounds__(SHRINK_WARPS * 32)
     int kn = min(K, k0 + kchunk) - k0;
     for (int e = threadIdx.x; e < it.n * kn; e += blockDim.x) {
         int tt = e / kn, k = e % kn;
-        xs[tt][k] = lp_f(X[(size_t)c.perm[it.p0 + tt] * ldx + k0 + k]);
+        xs[tt][k] = lp_f(X[(size_t)(it.p0 + tt) * ldx + k0 + k]);
     }
     __syncthreads();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -124,17 +125,13 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
     int z = blockIdx.z, N = mods.out[z], col = mods.col[z];
     if (blockIdx.y * EXPAND_THREADS * EXPAND_VEC >= N)
         return; /* uniform over the block */
-    lp_cu_lora_desc d;
-    if (it.slot >= 0)
-        d = lora_desc(c, it.slot, mods.mod[z]);
-    else
-        d.rank = 0;
+    lp_cu_lora_desc d = lora_desc(c, it.slot, mods.mod[z]);
     if (d.rank == 0) { /* nothing to add: an overwriting expand writes zeros */
         int o0 = (blockIdx.y * EXPAND_THREADS + threadIdx.x) * EXPAND_VEC;
         if (c.overwrite)
             for (int tt = 0; tt < it.n; tt++)
                 for (int j = 0; j < EXPAND_VEC && o0 + j < N; j++)
-                    Y[(size_t)c.perm[it.p0 + tt] * ldy + col + o0 + j] = 0.0f;
+                    Y[(size_t)(it.p0 + tt) * ldy + col + o0 + j] = 0.0f;
         return;
     }
     int R = d.rank;
@@ -189,7 +186,7 @@ __global__ void __launch_bounds__(EXPAND_THREADS)
             break;
         int t = c.perm[it.p0 + tt];
         float alpha = c.alpha[t];
-        float *y = Y + (size_t)t * ldy + col;
+        float *y = Y + (size_t)(c.overwrite ? it.p0 + tt : t) * ldy + col;
 #pragma unroll
         for (int j = 0; j < EXPAND_VEC; j++) {
             int o = o0 + j;
@@ -230,9 +227,7 @@ cudaError_t lp_cu_lora_shrink(const lp_cu_lora_call *c, const lp_cu_mods *mods, 
     int kchunk = kchunk_for(K, c->ksplit);
     if ((K + kchunk - 1) / kchunk != c->ksplit)
         return cudaErrorInvalidValue; /* ksplit did not come from lp_cu_lora_ksplit for this K */
-    if (c->n_lora_items == 0)
-        return cudaSuccess;
-    dim3 grid(c->n_lora_items, c->ksplit, mods->n);
+    dim3 grid(c->n_items, c->ksplit, mods->n);
     if (xt == LP_CT_F32)
         lora_shrink_kernel<<<grid, SHRINK_WARPS * 32, 0, s>>>(*c, *mods, (const float *)X, ldx, K, kchunk);
     else if (xt == LP_CT_F16)

@@ -1,8 +1,8 @@
 /* test_lora_groups.c - the token grouping the CUDA multi-LoRA kernels run on
  * (lp__lora_group_count/fill in src/backend/common.c), checked here without
- * a GPU on random batches: perm is a permutation of the call's tokens; the
- * adapter tiles come first, in ascending slot order, then the base tokens'
- * tiles (slot -1); tiles cover perm in order with 1..tile tokens that all
+ * a GPU on random batches: perm lists every adapter token once and no base
+ * token; place is its inverse (-1 for base tokens); the tiles come in
+ * ascending slot order and cover perm in order with 1..tile tokens that all
  * belong to rows of the tile's slot, in token order within a slot. */
 #include <stdlib.h>
 #include <string.h>
@@ -26,38 +26,40 @@ static void check_batch(const lp_batch_row *rows, int n_rows, int max_adapters, 
         n_lora += rows[i].adapter >= 0 ? rows[i].n_tokens : 0;
     }
     CHECK(g.n_tokens == T && g.n_lora_tokens == n_lora);
-    if (!n_lora) {
-        CHECK(g.n_items == 0);
-        return;
-    }
-    CHECK(g.n_items >= g.n_adapter_items && g.n_adapter_items >= 1);
-    int32_t *perm = malloc(sizeof(int32_t) * (size_t)T), *items = malloc(sizeof(int32_t) * 4 * (size_t)g.n_items);
+    CHECK(n_lora ? g.n_items >= 1 : g.n_items == 0);
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)(n_lora + 1)), *place = malloc(sizeof(int32_t) * (size_t)T);
+    int32_t *items = malloc(sizeof(int32_t) * 4 * (size_t)(g.n_items + 1));
     int *seen = calloc((size_t)T, sizeof(int));
-    lp__lora_group_fill(rows, n_rows, max_adapters, tile, cnt, &g, perm, items);
-    for (int64_t k = 0; k < T; k++) {
+    lp__lora_group_fill(rows, n_rows, max_adapters, tile, cnt, perm, place, items);
+    for (int64_t k = 0; k < n_lora; k++) {
         CHECK(perm[k] >= 0 && perm[k] < T);
-        if (perm[k] >= 0 && perm[k] < T)
+        if (perm[k] >= 0 && perm[k] < T) {
             seen[perm[k]]++;
+            CHECKF(place[perm[k]] == k, "place[%d] = %d, want %lld", perm[k], place[perm[k]], (long long)k);
+        }
     }
-    for (int64_t t = 0; t < T; t++)
-        CHECKF(seen[t] == 1, "token %lld appears %d times in perm", (long long)t, seen[t]);
+    for (int64_t t = 0; t < T; t++) {
+        CHECKF(seen[t] == (tok_slot[t] >= 0), "token %lld (slot %d) appears %d times in perm", (long long)t,
+               tok_slot[t], seen[t]);
+        if (tok_slot[t] < 0)
+            CHECKF(place[t] == -1, "base token %lld has place %d", (long long)t, place[t]);
+    }
     int32_t next = 0, last_slot = -1;
     for (int64_t k = 0; k < g.n_items; k++) {
         const int32_t *it = items + 4 * k;
-        bool adapter_tile = k < g.n_adapter_items;
-        CHECK(adapter_tile ? it[0] >= 0 && it[0] >= last_slot : it[0] == -1);
+        CHECK(it[0] >= 0 && it[0] >= last_slot);
         CHECK(it[1] == next && it[2] >= 1 && it[2] <= tile);
-        for (int32_t q = it[1]; q < it[1] + it[2] && q < T; q++) {
-            CHECK(it[0] >= 0 ? tok_slot[perm[q]] == it[0] : tok_slot[perm[q]] < 0);
+        for (int32_t q = it[1]; q < it[1] + it[2] && q < n_lora; q++) {
+            CHECK(tok_slot[perm[q]] == it[0]);
             if (q > it[1] || (k > 0 && items[4 * (k - 1)] == it[0]))
                 CHECK(perm[q] > perm[q - 1]); /* token order within a group */
         }
-        if (adapter_tile)
-            last_slot = it[0];
+        last_slot = it[0];
         next += it[2];
     }
-    CHECK(next == T);
+    CHECK(next == n_lora);
     free(perm);
+    free(place);
     free(items);
     free(seen);
 }
