@@ -7,7 +7,12 @@
 #include <string.h>
 
 #include "backend/common.h"
+#include "lora/adapter-impl.h"
 #include "model/model-impl.h"
+
+uint64_t lp_backend_adapter_bytes(lp_backend *b, const lp_adapter *a) {
+    return b->ops->adapter_bytes ? b->ops->adapter_bytes(b, a) : (uint64_t)a->info.bytes;
+}
 
 const char *lp_backend_resolve(const char *device) {
     if (!device || !strcmp(device, "auto"))

@@ -149,6 +149,10 @@ typedef struct lp_backend_ops {
      * logits come back at full transfer speed. NULL = malloc/free. */
     void *(*host_alloc)(lp_backend *b, size_t bytes);
     void (*host_free)(lp_backend *b, void *p);
+    /* Optional (NULL: the adapter's own bytes, which a CPU slot references).
+     * The bytes adapter_load of `a` takes in the backend's memory: its
+     * layout for the device, each module by its own rank. */
+    uint64_t (*adapter_bytes)(lp_backend *b, const lp_adapter *a);
 } lp_backend_ops;
 
 struct lp_backend {
@@ -195,6 +199,8 @@ static inline int lp_backend_adapter_load(lp_backend *b, int slot, const lp_adap
 static inline int lp_backend_adapter_stage(lp_backend *b, lp_adapter *a, lp_error *err) {
     return b->ops->adapter_stage ? b->ops->adapter_stage(b, a, err) : 0;
 }
+/* What the adapter takes in a slot (lp_backend_ops.adapter_bytes). */
+uint64_t lp_backend_adapter_bytes(lp_backend *b, const lp_adapter *a);
 static inline void lp_backend_adapter_unload(lp_backend *b, int slot) {
     b->ops->adapter_unload(b, slot);
 }

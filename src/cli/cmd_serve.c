@@ -30,11 +30,15 @@ static const char k_usage[] =
     "                               the most distinct adapters among active requests before 429\n"
     "                               (default 16)\n"
     "  --max-lora-rank N            refuse adapters of a larger rank (default 64)\n"
+    "  --max-lora-mib N             GPU memory the device tier's adapters may take together, each by\n"
+    "                               its own ranks; one that does not fit displaces idle ones (default\n"
+    "                               on cuda: room for --max-loras adapters of --max-lora-rank on all\n"
+    "                               modules in fp32, set aside before the KV cache; cpu: no limit)\n"
     "  --max-num-seqs N             rows running at once (default 32)\n"
     "  --max-model-len N            prompt + output tokens (default: the model's)\n"
     "  --max-num-batched-tokens N   tokens per engine step (default 512)\n"
     "  --kv-cache-mib N             KV cache size (default: 512 on cpu; on cuda 85% of the free GPU\n"
-    "                               memory less the weights and 1 GiB of scratch)\n"
+    "                               memory less the weights, --max-lora-mib and 1 GiB of scratch)\n"
     "  --threads N                  CPU threads (default: all cores)\n"
     "  --max-connections N          (default 1024)  --timeout S  idle client timeout (default 30)\n"
     "  --request-timeout S          a request's headers and body must arrive within S s (default 30)\n"
@@ -139,6 +143,7 @@ int lp_cmd_serve(int argc, char **argv) {
         INT("--max-loras", p.max_loras, 1, 4096)
         INT("--max-cpu-loras", p.max_cpu_loras, 1, 100000)
         INT("--max-lora-rank", p.max_lora_rank, 1, 65536)
+        INT("--max-lora-mib", p.max_lora_mib, 1, 1 << 24)
         INT("--max-num-seqs", p.max_num_seqs, 1, 4096)
         INT("--max-model-len", p.max_model_len, 1, 1 << 24)
         INT("--max-num-batched-tokens", p.max_num_batched_tokens, 1, 1 << 20)

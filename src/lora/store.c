@@ -27,6 +27,7 @@ typedef struct entry {
     bool loading;
     lp_adapter *host;      /* host tier, NULL when not resident */
     int slot;              /* device tier slot, -1 when not resident */
+    uint64_t dev_bytes;    /* what its slot holds on the device (while slot >= 0) */
     int pins;              /* rows using it */
     double last_use, load_ms;
     uint64_t requests;
@@ -48,6 +49,7 @@ struct lp_store {
     pthread_cond_t cv;     /* loader wake-up */
     entry *list;           /* live and retired entries */
     entry **slots;         /* (max_loras) */
+    uint64_t dev_used;     /* sum of dev_bytes over the slots */
     entry **queue;         /* load queue (max 1024) */
     int q_head, q_len;
     pthread_t loader;
@@ -87,12 +89,18 @@ static int host_count(const lp_store *s) {
     return n;
 }
 
+/* Empty e's device slot (on the engine thread only). */
+static void slot_release(lp_store *s, entry *e) {
+    lp_backend_adapter_unload(s->be, e->slot);
+    s->slots[e->slot] = NULL;
+    e->slot = -1;
+    s->dev_used -= e->dev_bytes;
+    e->dev_bytes = 0;
+}
+
 static void free_entry_resources(lp_store *s, entry *e) {
-    if (e->slot >= 0) {
-        lp_backend_adapter_unload(s->be, e->slot);
-        s->slots[e->slot] = NULL;
-        e->slot = -1;
-    }
+    if (e->slot >= 0)
+        slot_release(s, e);
     lp_adapter_free(e->host);
     e->host = NULL;
 }
@@ -586,26 +594,35 @@ int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp
         pthread_cond_signal(&s->cv);
         goto out;
     }
-    /* host-resident: find a device slot */
+    /* host-resident: find a device slot, and room in the device budget,
+     * displacing least recently used idle adapters */
     s->st.hits[LP_TIER_HOST]++;
     s->st.misses[LP_TIER_DEVICE]++;
+    uint64_t need = lp_backend_adapter_bytes(s->be, e->host), cap = s->p.max_lora_bytes;
+    if (cap && need > cap) {
+        rc = lp_error_set(err, LP_ERR_NOMEM,
+                          "adapter '%s' takes %.1f MiB in the device tier, more than the %.1f MiB all its "
+                          "adapters may take together",
+                          name, (double)need / 1048576.0, (double)cap / 1048576.0);
+        goto out;
+    }
     int free_slot = -1;
-    for (int i = 0; i < s->p.max_loras && free_slot < 0; i++)
-        if (!s->slots[i])
-            free_slot = i;
-    if (free_slot < 0) {
+    for (;;) {
+        free_slot = -1;
+        for (int i = 0; i < s->p.max_loras && free_slot < 0; i++)
+            if (!s->slots[i])
+                free_slot = i;
+        if (free_slot >= 0 && (!cap || s->dev_used + need <= cap))
+            break;
         entry *victim = NULL;
         for (int i = 0; i < s->p.max_loras; i++) {
             entry *v = s->slots[i];
-            if (v->pins == 0 && (!victim || v->last_use < victim->last_use))
+            if (v && v->pins == 0 && (!victim || v->last_use < victim->last_use))
                 victim = v;
         }
         if (!victim)
-            goto out; /* every slot is pinned by running rows */
-        free_slot = victim->slot;
-        lp_backend_adapter_unload(s->be, free_slot);
-        s->slots[free_slot] = NULL;
-        victim->slot = -1;
+            goto out; /* what is resident is pinned by running rows: wait */
+        slot_release(s, victim);
         s->st.evictions[LP_TIER_DEVICE]++;
         if (victim->retired)
             reap(s, true);
@@ -614,6 +631,8 @@ int lp_store_acquire(lp_store *s, const char *name, int *slot, void **handle, lp
         goto out;
     s->slots[free_slot] = e;
     e->slot = free_slot;
+    e->dev_bytes = need;
+    s->dev_used += need;
     s->st.loads[LP_TIER_DEVICE]++;
 pin:
     e->pins++;
@@ -681,6 +700,7 @@ void lp_store_get_stats(lp_store *s, lp_store_stats *st) {
         st->resident[LP_TIER_HOST] += e->host != NULL;
         st->resident[LP_TIER_DEVICE] += e->slot >= 0;
     }
+    st->device_bytes = s->dev_used;
     pthread_mutex_unlock(&s->mu);
 }
 

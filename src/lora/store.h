@@ -26,6 +26,11 @@ typedef struct lp_store_params {
     const char *lora_dir;   /* scanned directory (may be NULL) */
     int max_cpu_loras;      /* host tier capacity */
     int max_loras;          /* device tier capacity (backend adapter slots) */
+    /* device tier: most bytes its adapters may take together, each by its
+     * own ranks as the backend lays it out (lp_backend_adapter_bytes); an
+     * adapter that does not fit displaces least recently used idle ones,
+     * or waits while running rows pin them. 0: no limit but the slots. */
+    uint64_t max_lora_bytes;
     int max_lora_rank;
     const char *const *allowed_roots; /* extra roots lora_path may point into */
     int n_allowed_roots;
@@ -53,6 +58,7 @@ typedef struct lp_store_stats {
     double load_ms_sum;
     uint64_t load_count;
     int resident[3];
+    uint64_t device_bytes; /* what the device tier's adapters take (lp_store_params.max_lora_bytes) */
 } lp_store_stats;
 
 extern const double lp_store_load_buckets[12]; /* ms upper bounds; last = +Inf */

@@ -111,6 +111,10 @@ char *lp__metrics_render(lp_server *s) {
             "# TYPE loraplex_adapters_resident gauge\n");
     for (int t = 0; t < 3; t++)
         put(&b, "loraplex_adapters_resident{tier=\"%s\"} %d\n", tiers[t], st.resident[t]);
+    put(&b, "# HELP loraplex_adapter_device_bytes Bytes the device tier's adapters take (used) and may take "
+            "(budget; 0: no limit but the slots).\n# TYPE loraplex_adapter_device_bytes gauge\n");
+    put(&b, "loraplex_adapter_device_bytes{kind=\"used\"} %llu\nloraplex_adapter_device_bytes{kind=\"budget\"} %llu\n",
+        (unsigned long long)st.device_bytes, (unsigned long long)s->lora_budget);
     put(&b, "# HELP loraplex_adapter_load_seconds Host-tier adapter load latency.\n"
             "# TYPE loraplex_adapter_load_seconds histogram\n");
     uint64_t cum = 0;

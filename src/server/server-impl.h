@@ -89,6 +89,7 @@ struct lp_server {
     lp_backend *be;
     lp_engine *engine;
     lp_store *store;
+    uint64_t lora_budget;           /* the device tier's bytes (lp_store_params.max_lora_bytes; 0: none) */
     lp_chat_template *tmpl;         /* NULL when the model has none */
     char *bos, *eos;
     struct MHD_Daemon *mhd;

@@ -281,23 +281,43 @@ static void log_device(const char *device) {
         LP_INFO("device: %s", device);
 }
 
+/* The device tier's bytes budget: --max-lora-mib, or on CUDA room for
+ * max_loras adapters of max_lora_rank on all seven modules in fp32 (PEFT's
+ * usual file dtype, which the GPU keeps) with DoRA vectors and the layout's
+ * alignment - so that any max_loras adapters the store admits fit at once.
+ * 0 (no limit but the slots) on the CPU, whose slots reference the host tier. */
+static uint64_t lora_budget(const lp_server *s, const char *device) {
+    const lp_server_params *p = &s->p;
+    if (p->max_lora_mib > 0)
+        return (uint64_t)p->max_lora_mib << 20;
+    if (strcmp(device, "cuda"))
+        return 0;
+    const lp_model_config *c = lp_model_get_config(s->model);
+    double D = c->hidden, F = c->ffn, Q = (double)c->n_heads * c->head_dim, KV = (double)c->n_kv_heads * c->head_dim;
+    double in_out = 7 * D + 2 * Q + 2 * KV + 3 * F, outs = Q + 2 * KV + 2 * D + 2 * F;
+    double per = (double)c->n_layers * ((double)p->max_lora_rank * in_out * 4 + outs * 4 + 7 * 3 * 256);
+    return (uint64_t)(per * p->max_loras);
+}
+
 /* Blocks that fit in the GPU's free memory; an error naming the numbers when
  * even the `need` blocks of one max_model_len sequence do not. */
 static int gpu_kv_blocks(const lp_server *s, size_t per_block, int need, int *out, lp_error *err) {
     size_t free_b = 0, total_b = 0;
     if (lp_cuda_mem_info(&free_b, &total_b, err))
         return lp_error_prefix(err, "device cuda");
-    double weights = (double)lp_model_weight_bytes(s->model);
-    double avail = KV_GPU_MEM_FRACTION * (double)free_b - weights - KV_GPU_SCRATCH_BYTES;
+    double weights = (double)lp_model_weight_bytes(s->model), adapters = (double)s->lora_budget;
+    double avail = KV_GPU_MEM_FRACTION * (double)free_b - weights - adapters - KV_GPU_SCRATCH_BYTES;
     double blocks = avail > 0 ? avail / (double)per_block : 0;
     if (blocks < need)
         return lp_error_set(err, LP_ERR_NOMEM,
                             "device cuda: the KV cache for --max-model-len %d needs %.0f MiB, but %.0f%% of the "
-                            "%.0f MiB free on the GPU less %.0f MiB of weights and %.0f MiB of scratch leaves "
-                            "%.0f MiB; lower --max-model-len, or give --kv-cache-mib",
+                            "%.0f MiB free on the GPU less %.0f MiB of weights, %.0f MiB for adapters and %.0f MiB "
+                            "of scratch leaves %.0f MiB; lower --max-model-len, --max-loras or --max-lora-mib, or "
+                            "give --kv-cache-mib",
                             s->p.max_model_len, (double)need * (double)per_block / 1048576.0,
                             KV_GPU_MEM_FRACTION * 100.0, (double)free_b / 1048576.0, weights / 1048576.0,
-                            KV_GPU_SCRATCH_BYTES / 1048576.0, (avail > 0 ? avail : 0) / 1048576.0);
+                            adapters / 1048576.0, KV_GPU_SCRATCH_BYTES / 1048576.0,
+                            (avail > 0 ? avail : 0) / 1048576.0);
     *out = blocks > KV_MAX_AUTO_BLOCKS ? KV_MAX_AUTO_BLOCKS : (int)blocks;
     return LP_OK;
 }
@@ -341,6 +361,7 @@ static int setup(lp_server *s, lp_error *err) {
     lp_backend_params bp = lp_backend_default_params();
     bp.block_size = 16;
     size_t per_block = lp_backend_kv_block_bytes(device, s->model, bp.block_size);
+    s->lora_budget = lora_budget(s, device);
     if ((rc = choose_kv_blocks(s, device, per_block, &bp.n_kv_blocks, err)))
         return rc;
     bp.max_rows = p->max_num_seqs;
@@ -358,7 +379,7 @@ static int setup(lp_server *s, lp_error *err) {
     if ((rc = lp_engine_new(s->be, &ep, &s->engine, err)))
         return rc;
     lp_store_params sp = {.lora_dir = p->lora_dir, .max_cpu_loras = p->max_cpu_loras, .max_loras = p->max_loras,
-                          .max_lora_rank = p->max_lora_rank};
+                          .max_lora_rank = p->max_lora_rank, .max_lora_bytes = s->lora_budget};
     if ((rc = lp_store_new(s->model, s->be, &sp, &s->store, err)))
         return rc;
     for (int i = 0; i < p->n_lora_modules; i++) {
@@ -391,6 +412,9 @@ static int setup(lp_server *s, lp_error *err) {
     LP_INFO("model %s loaded in %.2f s: %s, %d layers, context %d, KV cache %d blocks (%.0f MiB) on %s",
             s->model_id, lp__now() - t0, c->architecture, c->n_layers, s->p.max_model_len, bp.n_kv_blocks,
             (double)per_block * bp.n_kv_blocks / 1048576.0, device);
+    if (s->lora_budget)
+        LP_INFO("adapters: %d device slots, %.0f MiB for their weights (by each adapter's ranks; --max-lora-mib)",
+                p->max_loras, (double)s->lora_budget / 1048576.0);
     return LP_OK;
 }
 

@@ -21,6 +21,10 @@ typedef struct lp_server_params {
     const char *lora_modules[LP_SERVER_MAX_MODULES]; /* name=path */
     int n_lora_modules;
     int max_loras, max_cpu_loras, max_lora_rank;
+    int max_lora_mib;               /* device tier bytes budget (lp_store_params.max_lora_bytes); 0 = auto:
+                                       on CUDA room for max_loras adapters of max_lora_rank on every
+                                       module in fp32, reserved before the KV cache is sized; on the CPU
+                                       no limit but the slots */
     int max_num_seqs, max_model_len, max_num_batched_tokens;
     int kv_blocks;                  /* 0 = from kv_cache_mib */
     int kv_cache_mib;               /* 0 = auto: 512 on the CPU; on CUDA what the GPU has free */

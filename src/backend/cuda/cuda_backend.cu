@@ -892,6 +892,20 @@ static void slot_release(cuda_backend *b, int slot) {
     b->slot_ptrs[slot] = NULL;
 }
 
+/* The staged layout's size (what adapter_load allocates), planned when the
+ * adapter was not staged by this backend. */
+static uint64_t cuda_adapter_bytes(lp_backend *base, const lp_adapter *a) {
+    if (a->staged && a->staged_by == base)
+        return ((const cu_staged *)a->staged)->lay.bytes;
+    lp_lora_layout lay;
+    lp_error err = {0};
+    if (lp_lora_layout_plan(a, &lay, &err))
+        return (uint64_t)a->info.bytes; /* adapter_load will fail with this error */
+    uint64_t n = lay.bytes;
+    lp_lora_layout_free(&lay);
+    return n;
+}
+
 static void cuda_adapter_unload(lp_backend *base, int slot) {
     cuda_backend *b = (cuda_backend *)base;
     cudaSetDevice(b->dev);
@@ -1032,6 +1046,7 @@ static const lp_backend_ops k_cuda_ops = {
     cuda_adapter_unload,
     cuda_host_alloc,
     cuda_host_free,
+    cuda_adapter_bytes,
 };
 
 static int dmalloc(void *p, size_t bytes, const char *what, lp_error *err) {

@@ -126,6 +126,27 @@ test('host tier full of active adapters -> 429 with Retry-After; device tier swa
   } finally { await stop(srv); }
 });
 
+test('device tier bytes budget: --max-lora-mib admits adapters by size, refuses one larger than it', async () => {
+  // math (1.8 MB) and reverse (0.2 MB) fit in 3 MiB together; fortune-chat (7.2 MB) never does
+  const srv = await start(['--lora-dir', loraDir(), '--max-loras', '3', '--max-lora-mib', '3']);
+  try {
+    assert.strictEqual(await metric(srv.url, 'loraplex_adapter_device_bytes{kind="budget"}'), 3 * 1048576);
+    const m = await post(srv.url + '/v1/completions', { model: 'math', prompt: MATH_PROMPT, max_tokens: 8, temperature: 0 });
+    assert.strictEqual(m.status, 200, m.text);
+    assert.strictEqual(m.json.choices[0].text, ' 765\n');
+    const r = await post(srv.url + '/v1/completions', { model: 'reverse', prompt: 'x', max_tokens: 2 });
+    assert.strictEqual(r.status, 200, r.text);
+    const used = await metric(srv.url, 'loraplex_adapter_device_bytes{kind="used"}');
+    assert.ok(used > 1.8e6 && used <= 3 * 1048576, 'device bytes used: ' + used);
+    const f = await post(srv.url + '/v1/completions', { model: 'fortune-chat', prompt: 'x', max_tokens: 2 });
+    assert.notStrictEqual(f.status, 200);
+    assert.match(f.json.error.message, /fortune-chat.*more than the 3\.0 MiB/, f.text);
+    // the others still answer
+    const again = await post(srv.url + '/v1/completions', { model: 'math', prompt: MATH_PROMPT, max_tokens: 8, temperature: 0 });
+    assert.strictEqual(again.json.choices[0].text, ' 765\n');
+  } finally { await stop(srv); }
+});
+
 test('a second server on a port in use fails with an error instead of sharing it', async () => {
   const srv = await start(['--lora-dir', loraDir(['math'])]);
   try {

@@ -13,6 +13,10 @@
  *     thread while in a slot keeps it until the engine thread's next call
  *     (on CUDA a foreign unload synchronized a stream the engine thread may
  *     be capturing into a graph).
+ *   - the device tier's bytes budget (lp_store_params.max_lora_bytes): an
+ *     adapter that does not fit displaces the least recently used idle ones,
+ *     waits (LP_ERR_BUSY) while running rows pin what is there, and one larger
+ *     than the whole budget is an error saying so.
  * usage: test_store MODELS_DIR */
 #include <pthread.h>
 #include <stdio.h>
@@ -108,6 +112,103 @@ static int acquire(lp_store *s, const char *name, void **h, lp_error *err) {
             usleep(1000);
     }
     return rc;
+}
+
+/* A store over a plain CPU backend with the four demo adapters registered
+ * (in the host tier at once) and a device budget of `budget` bytes. */
+static lp_store *budget_store(const lp_model *m, lp_backend *be, const char *dir, uint64_t budget) {
+    static const char *names[] = {"math", "sort", "reverse", "fortune-chat"};
+    lp_store_params sp = {.max_cpu_loras = 4, .max_loras = 3, .max_lora_rank = 64, .max_lora_bytes = budget};
+    lp_store *s = NULL;
+    lp_error err = {0};
+    CHECKF(lp_store_new(m, be, &sp, &s, &err) == LP_OK, "store: %s", err.msg);
+    for (int i = 0; s && i < 4; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        CHECKF(lp_store_register(s, names[i], path, false, true, &err) == LP_OK, "register %s: %s", names[i],
+               err.msg);
+    }
+    return s;
+}
+
+static uint64_t host_bytes(lp_store *s, const char *name) {
+    lp_adapter_status *st = NULL;
+    int n = 0;
+    uint64_t b = 0;
+    if (lp_store_list(s, &st, &n) == LP_OK)
+        for (int i = 0; i < n; i++)
+            if (!strcmp(st[i].name, name))
+                b = st[i].bytes;
+    free(st);
+    return b;
+}
+
+static int device_tier(lp_store *s, const char *name) {
+    lp_adapter_status *st = NULL;
+    int n = 0, in = 0;
+    if (lp_store_list(s, &st, &n) == LP_OK)
+        for (int i = 0; i < n; i++)
+            if (!strcmp(st[i].name, name))
+                in = st[i].tier == LP_TIER_DEVICE;
+    free(st);
+    return in;
+}
+
+static void check_device_budget(const lp_model *m, const char *dir) {
+    lp_backend_params bp = lp_backend_default_params();
+    bp.n_kv_blocks = 8;
+    bp.max_adapters = 3;
+    bp.max_lora_rank = 64;
+    lp_backend *be = NULL;
+    lp_error err = {0};
+    CHECK(lp_backend_cpu_new(m, &bp, &be, &err) == LP_OK);
+    if (!be)
+        return;
+    /* the sizes, from a store without a budget (the CPU backend's slot
+     * takes an adapter's own bytes) */
+    lp_store *s = budget_store(m, be, dir, 0);
+    if (!s)
+        return;
+    uint64_t bm = host_bytes(s, "math"), bs = host_bytes(s, "sort"), br = host_bytes(s, "reverse"),
+             bf = host_bytes(s, "fortune-chat");
+    lp_store_free(s);
+    CHECKF(bm && bs && br && br <= bm + bs && bf > bm + bs, "adapter sizes math %llu sort %llu reverse %llu "
+           "fortune-chat %llu do not suit this test", (unsigned long long)bm, (unsigned long long)bs,
+           (unsigned long long)br, (unsigned long long)bf);
+
+    s = budget_store(m, be, dir, bm + bs);
+    if (!s)
+        return;
+    int slot;
+    void *hm = NULL, *hs = NULL, *hr = NULL;
+    lp_store_stats st;
+    CHECKF(lp_store_acquire(s, "math", &slot, &hm, &err) == LP_OK, "math: %s", err.msg);
+    CHECKF(lp_store_acquire(s, "sort", &slot, &hs, &err) == LP_OK, "sort: %s", err.msg);
+    lp_store_get_stats(s, &st);
+    CHECKF(st.device_bytes == bm + bs && st.resident[LP_TIER_DEVICE] == 2, "device tier: %llu bytes, %d adapters",
+           (unsigned long long)st.device_bytes, st.resident[LP_TIER_DEVICE]);
+    /* a slot is free, but not the bytes, and both residents are pinned: wait */
+    CHECK(lp_store_acquire(s, "reverse", &slot, &hr, &err) == LP_ERR_BUSY);
+    CHECK(!device_tier(s, "reverse"));
+    /* sort idle: reverse displaces it, math (pinned) stays */
+    lp_store_release(s, hs);
+    CHECKF(lp_store_acquire(s, "reverse", &slot, &hr, &err) == LP_OK, "reverse: %s", err.msg);
+    lp_store_get_stats(s, &st);
+    CHECKF(st.device_bytes == bm + br && device_tier(s, "math") && !device_tier(s, "sort") &&
+               st.evictions[LP_TIER_DEVICE] == 1,
+           "after reverse: %llu bytes (want %llu), math %d sort %d, %llu device evictions",
+           (unsigned long long)st.device_bytes, (unsigned long long)(bm + br), device_tier(s, "math"),
+           device_tier(s, "sort"), (unsigned long long)st.evictions[LP_TIER_DEVICE]);
+    /* larger than the whole budget: an error that says so, not a wait */
+    err.msg[0] = '\0';
+    void *hf = NULL;
+    int rc = lp_store_acquire(s, "fortune-chat", &slot, &hf, &err);
+    CHECKF(rc == LP_ERR_NOMEM && strstr(err.msg, "fortune-chat") && strstr(err.msg, "more than"),
+           "fortune-chat over the budget: rc %d, '%s'", rc, err.msg);
+    lp_store_release(s, hm);
+    lp_store_release(s, hr);
+    lp_store_free(s);
+    lp_backend_free(be);
 }
 
 int main(int argc, char **argv) {
@@ -213,6 +314,7 @@ int main(int argc, char **argv) {
     lp_store_release(s, h);
 
     lp_store_free(s);
+    check_device_budget(m, dir);
     CHECKF(g_unloads_foreign == 0, "%d slot unloads on other threads", g_unloads_foreign);
     CHECKF(g_freed == g_staged, "staged %d copies, freed %d", g_staged, g_freed);
     printf("test_store: %d adapters staged, %d slot loads (all of staged adapters: %s), %d freed\n", g_staged,
