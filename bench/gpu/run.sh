@@ -54,7 +54,9 @@
 # MODES (default base,one,distinct:8,distinct:N,distinct:N-(N+3)), TRIALS=10,
 # TEST_CUDA_ARGS (default: the ARGS of test_cuda in tests/unit/backend/tests.cmake),
 # BENCH_DEVICE=cuda (cpu runs decode and ttft on the CPU backend: a check of
-# this script on a machine without a GPU).
+# this script on a machine without a GPU), KERNELS_ARGS (bench_lora_kernels'
+# options; default none: its Llama-3-8B q_proj at batches 1-256).
+# bench/gpu/dryrun.sh runs this script here on the emulated device (tests/cuemu).
 # A smoke run: BATCHES=1,32 STEPS=8 TRIALS=3 N_ADAPTERS=8 PRESET=1b bench/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -376,7 +378,8 @@ fi
 # ---- kernels ----
 if want kernels; then
   if [ -x "$bin/bench_lora_kernels" ]; then
-    SHOW=40 stage kernels 90 log "$bin/bench_lora_kernels"
+    # shellcheck disable=SC2086
+    SHOW=40 stage kernels 90 log "$bin/bench_lora_kernels" ${KERNELS_ARGS:-}
   else
     say "kernels: SKIPPED (no .devcarry/bin/bench_lora_kernels)"
     note kernels "skipped (not built)" ""
