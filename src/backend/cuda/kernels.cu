@@ -229,8 +229,10 @@ __device__ __forceinline__ void load_elems(const KT *p, int d0, int hd, float *o
 
 /* What a block of either attention kernel works on: token t, KV head g and
  * its query heads h0 .. h0+ng, positions [lo, hi) of split `split` (each
- * token cuts its own range into equal parts: the launch depends on no
- * per-call length, so decode steps replay one CUDA graph), block table bt. */
+ * token cuts its own range into equal parts, none shorter than the
+ * kernel's LP_CU_ATT_SPLIT_MIN(_FEW) - the later ones empty when the range is
+ * short: the launch depends on no per-call length, so decode steps replay
+ * one CUDA graph), block table bt. */
 typedef struct att_block {
     int t, split, g, h0, ng, lo, hi;
     const int32_t *bt;
@@ -247,7 +249,11 @@ __device__ __forceinline__ att_block att_block_of(const lp_cu_attn &a, const lp_
     B.ng = min(ATT_MAXG, group - hc * ATT_MAXG);
     int pos = tk.pos[B.t];
     int start = a.window > 0 && pos - a.window + 1 > 0 ? pos - a.window + 1 : 0;
-    int len = pos + 1 - start, chunk = (len + a.splits - 1) / a.splits;
+    /* parts of at least the kernel's least split length: a range that short
+     * is one part whatever the call's split count, so its result does not
+     * depend on the rest of the batch (and no block gets a sliver) */
+    int len = pos + 1 - start, chunk = max((len + a.splits - 1) / a.splits,
+                                           a.few ? LP_CU_ATT_SPLIT_MIN_FEW : LP_CU_ATT_SPLIT_MIN);
     B.lo = start + B.split * chunk;
     B.hi = min(pos + 1, B.lo + chunk);
     B.bt = tk.blocks + tk.blkoff[B.t];
