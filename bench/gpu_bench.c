@@ -585,8 +585,10 @@ static double non_kv_bytes(const bench *b, double adapter_bytes, int max_tokens,
  * report say which is which. */
 static const char *backend_variant(void) {
     static char v[96];
-    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS"), *ae = getenv("LORAPLEX_CUDA_ATTN");
-    snprintf(v, sizeof v, "graphs=%s,attn=%s", ge && !strcmp(ge, "0") ? "off" : "on", ae ? ae : "auto");
+    const char *ge = getenv("LORAPLEX_CUDA_GRAPHS"), *ae = getenv("LORAPLEX_CUDA_ATTN"),
+               *me = getenv("LORAPLEX_CUDA_GEMM");
+    snprintf(v, sizeof v, "graphs=%s,attn=%s,gemm=%s", ge && !strcmp(ge, "0") ? "off" : "on", ae ? ae : "auto",
+             me && !strcmp(me, "ex") ? "ex" : "lt");
     return v;
 }
 

@@ -28,5 +28,5 @@ OUT=${OUT:-/tmp/loraplex-dryrun-out} PRESET=tiny MODEL_DIR=$tree/model BATCHES=1
     N_ADAPTERS=3 MIXED_RANKS="8 16" TRIALS=2 SYNTH_JOBS=2 BUDGET=${BUDGET:-400} \
     TEST_CUDA_ARGS="--quick tests/data/conform/llama" \
     KERNELS_ARGS="--in 512 --out 768 --batches 1,5,32 --iters 2 --warmup 1 --copy-mib 16" \
-    STAGES=env,synth,test,eval,machine,decode,hostlogits,nographs,attn,ttft,kernels \
+    STAGES=env,synth,test,eval,machine,decode,hostlogits,nographs,attn,ttft,kernels,gemmex \
     bash "$tree/bench/gpu/run.sh"

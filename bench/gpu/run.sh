@@ -42,13 +42,16 @@
 #   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
 #   ttft     gpu_bench ttft: cold (staged / unstaged) vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
+#   gemmex   (last: with the time left) gpu_bench decode, base and one
+#            adapter, with LORAPLEX_CUDA_GEMM=ex: cublasGemmEx instead of
+#            the cuBLASLt plans, against the decode stage
 # Files under $OUT (the device tool brings back at most 8): results.jsonl (every
 # JSON line of gpu_bench), logs.txt (every stage's output), summary.txt (the
 # table printed last), conform.tar.gz (stage reference).
 #
 # Knobs (environment): BUDGET=510 (seconds for everything; later stages get what
 # is left), STAGES=env,synth,test,reference,eval,machine,decode,hostlogits,
-# nographs,attn,profile,ttft,kernels (and sanitize), PRESET=llama3-8b,
+# nographs,attn,profile,ttft,kernels,gemmex (and sanitize), PRESET=llama3-8b,
 # MODEL_DIR=/tmp/l3 (reused when already complete), BATCHES=1,32,128,256,
 # ISL=1000, OSL=200, STEPS=64, WARMUP=2, N_ADAPTERS=32, MIXED_RANKS="8 16 32 64",
 # MODES (default base,one,distinct:8,distinct:N,distinct:N-(N+3)), TRIALS=10,
@@ -65,7 +68,7 @@ t_start=$(date +%s)
 
 OUT=${OUT:-/tmp/loraplex-gpu-out}
 BUDGET=${BUDGET:-510}
-STAGES=${STAGES:-env,synth,test,reference,eval,machine,decode,hostlogits,nographs,attn,profile,ttft,kernels}
+STAGES=${STAGES:-env,synth,test,reference,eval,machine,decode,hostlogits,nographs,attn,profile,ttft,kernels,gemmex}
 PRESET=${PRESET:-llama3-8b}
 MODEL_DIR=${MODEL_DIR:-/tmp/l3}
 ADAPTER_ROOT=${ADAPTER_ROOT:-$MODEL_DIR-adapters}
@@ -384,6 +387,13 @@ if want kernels; then
     say "kernels: SKIPPED (no .devcarry/bin/bench_lora_kernels)"
     note kernels "skipped (not built)" ""
   fi
+fi
+
+# ---- gemmex: the products through cublasGemmEx instead of cuBLASLt plans ----
+if want gemmex && [ -e "$MODEL_DIR/config.json" ]; then
+  LORAPLEX_CUDA_GEMM=ex stage gemmex 90 json "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$BATCHES" --isl "$ISL" \
+    --osl "$OSL" --steps "$STEPS" --warmup "$WARMUP" ${all_ads:+--adapters "${all_ads%%,*}"} --mode base,one \
+    --device "$BENCH_DEVICE"
 fi
 
 # ---- summary, printed last ----

@@ -5,6 +5,7 @@
  * the emulator finds in the code it runs is printed with "cuemu:" first. */
 #include "cuemu.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <stdarg.h>
@@ -1051,4 +1052,144 @@ extern "C" cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_
         }
     };
     return enqueue(h->stream, op, who) ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- cuBLASLt: the matmul subset the backend uses, on the same GEMM ----
+ * Descriptors are the emulator's own objects behind the opaque pointers.
+ * cublasLtMatmul checks what cuBLASLt requires of the layouts - op(A) m x k,
+ * op(B) k x n, C and D m x n, each ld at least its rows - so a backend that
+ * describes its matrices wrongly fails here as it would on the GPU. */
+struct LtDesc {
+    cublasComputeType_t comp;
+    cudaDataType_t scale;
+    cublasOperation_t ta, tb;
+};
+struct LtLayout {
+    cudaDataType t;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct LtPref {
+    uint64_t max_ws;
+};
+
+extern "C" {
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = (cublasLtHandle_t) new int(0);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete (int *)h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t comp, cudaDataType_t scale) {
+    *d = (cublasLtMatmulDesc_t) new LtDesc{comp, scale, CUBLAS_OP_N, CUBLAS_OP_N};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete (LtDesc *)d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t n) {
+    LtDesc *x = (LtDesc *)d;
+    if ((attr != CUBLASLT_MATMUL_DESC_TRANSA && attr != CUBLASLT_MATMUL_DESC_TRANSB) || n != sizeof(int32_t)) {
+        fprintf(stderr, "cuemu: cublasLtMatmulDescSetAttribute: attribute %d (%zu bytes) is not emulated\n", (int)attr,
+                n);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    int32_t v;
+    memcpy(&v, buf, sizeof v);
+    (attr == CUBLASLT_MATMUL_DESC_TRANSA ? x->ta : x->tb) = (cublasOperation_t)v;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType t, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+    if (ld < (int64_t)std::max<uint64_t>(1, rows))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *l = (cublasLtMatrixLayout_t) new LtLayout{t, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete (LtLayout *)l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = (cublasLtMatmulPreference_t) new LtPref{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete (LtPref *)p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
+                                                    size_t n) {
+    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(uint64_t))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    memcpy(&((LtPref *)p)->max_ws, buf, sizeof(uint64_t));
+    return CUBLAS_STATUS_SUCCESS;
+}
+} /* extern "C" */
+
+/* The product a cublasLtMatmul describes, or false (with a message) when
+ * its layouts do not fit together. */
+static bool lt_gemm(const LtDesc *d, const LtLayout *a, const LtLayout *b, const LtLayout *c, const LtLayout *dd,
+                    Gemm *g, const char *who) {
+    bool tra = d->ta != CUBLAS_OP_N, trb = d->tb != CUBLAS_OP_N;
+    uint64_t m = dd->rows, n = dd->cols, k = tra ? a->rows : a->cols;
+    uint64_t am = tra ? a->cols : a->rows, bk = trb ? b->cols : b->rows, bn = trb ? b->rows : b->cols;
+    if (am != m || bk != k || bn != n || c->rows != m || c->cols != n || c->ld != dd->ld || c->t != dd->t ||
+        d->scale != CUDA_R_32F || m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) {
+        fprintf(stderr,
+                "cuemu: %s: layouts do not fit: op(A) %llux%llu, op(B) %llux%llu, C %llux%llu, D %llux%llu\n", who,
+                (unsigned long long)am, (unsigned long long)k, (unsigned long long)bk, (unsigned long long)bn,
+                (unsigned long long)c->rows, (unsigned long long)c->cols, (unsigned long long)m,
+                (unsigned long long)n);
+        return false;
+    }
+    *g = Gemm{tra, trb, (int)m, (int)n, (int)k, (int)a->ld, (int)b->ld, (int)dd->ld, 1.0f, 0.0f, NULL, NULL, NULL,
+              a->t, b->t, dd->t};
+    return gemm_shape_ok(*g, d->comp, who);
+}
+
+extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t op,
+                                                         cublasLtMatrixLayout_t A, cublasLtMatrixLayout_t B,
+                                                         cublasLtMatrixLayout_t C, cublasLtMatrixLayout_t D,
+                                                         cublasLtMatmulPreference_t, int want,
+                                                         cublasLtMatmulHeuristicResult_t res[], int *n) {
+    Gemm g;
+    *n = 0;
+    if (want < 1 || !lt_gemm((const LtDesc *)op, (const LtLayout *)A, (const LtLayout *)B, (const LtLayout *)C,
+                             (const LtLayout *)D, &g, "cublasLtMatmulAlgoGetHeuristic"))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    memset(&res[0], 0, sizeof res[0]);
+    res[0].state = CUBLAS_STATUS_SUCCESS;
+    res[0].wavesCount = 1.0f;
+    *n = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void *alpha, const void *A,
+                                         cublasLtMatrixLayout_t Ad, const void *B, cublasLtMatrixLayout_t Bd,
+                                         const void *beta, const void *C, cublasLtMatrixLayout_t Cd, void *D,
+                                         cublasLtMatrixLayout_t Dd, const cublasLtMatmulAlgo_t *algo, void *ws,
+                                         size_t ws_bytes, cudaStream_t s) {
+    const char *who = "cublasLtMatmul";
+    Gemm g;
+    if (!lt_gemm((const LtDesc *)op, (const LtLayout *)Ad, (const LtLayout *)Bd, (const LtLayout *)Cd,
+                 (const LtLayout *)Dd, &g, who))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    g.alpha = *(const float *)alpha;
+    g.beta = *(const float *)beta;
+    if (g.beta != 0.0f && C != D) {
+        fprintf(stderr, "cuemu: %s: C and D differ (not emulated)\n", who);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    g.A = A;
+    g.B = B;
+    g.C = D;
+    if (!algo || (ws_bytes && !cuemu::is_device(ws, ws_bytes)) || !gemm_mem_ok(g, who))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    return enqueue(s, [g]() { gemm_run(g); }, who) ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
 }

@@ -11,10 +11,14 @@
  *      reads host memory then; a forked stream not joined back fails the
  *      capture; cudaMalloc and cudaStreamSynchronize during a capture fail;
  *   5. copies in the wrong direction and launches over the limits fail;
- *   6. barriers that can never be passed (half a warp at __syncthreads, the
+ *   6. cuBLASLt: a bf16 x bf16 -> fp32 product with A transposed equals the
+ *      plain product; layouts that do not fit together are refused;
+ *   7. barriers that can never be passed (half a warp at __syncthreads, the
  *      other half at __syncwarp; a shuffle naming a lane that has exited)
  *      stop the program with a "cuemu:" message (run in a child process).
  * Built only where test_cuda_emu is (cuemu.cmake). */
+#include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 #include <signal.h>
@@ -285,10 +289,71 @@ static void run_exited_lane(void) {
     cudaDeviceSynchronize();
 }
 
+/* D (m x n) = A^T B with A stored k x m, B k x n, column-major, as the
+ * backend describes its products. */
+static void check_cublaslt(void) {
+    const int m = 5, n = 3, k = 7;
+    __nv_bfloat16 ha[k * m], hb[k * n];
+    float want[m * n], got[m * n];
+    for (int i = 0; i < k * m; i++)
+        ha[i] = __float2bfloat16((float)(i % 5) - 2.0f);
+    for (int i = 0; i < k * n; i++)
+        hb[i] = __float2bfloat16((float)(i % 3) + 0.5f);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float s = 0;
+            for (int q = 0; q < k; q++)
+                s += __bfloat162float(ha[i * k + q]) * __bfloat162float(hb[j * k + q]);
+            want[i + j * m] = s;
+        }
+    void *a, *b, *d;
+    cudaMalloc(&a, sizeof ha);
+    cudaMalloc(&b, sizeof hb);
+    cudaMalloc(&d, sizeof got);
+    cudaMemcpy(a, ha, sizeof ha, cudaMemcpyHostToDevice);
+    cudaMemcpy(b, hb, sizeof hb, cudaMemcpyHostToDevice);
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld, bad;
+    int32_t ta = CUBLAS_OP_T;
+    CHECK(cublasLtCreate(&lt) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS);
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, m, k);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k);
+    cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, m, n, m);
+    cublasLtMatrixLayoutCreate(&bad, CUDA_R_16BF, m, k, m); /* A not transposed in its layout */
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, NULL, 1, &res, &nres) == CUBLAS_STATUS_SUCCESS &&
+          nres == 1);
+    const float one = 1.0f, zero = 0.0f;
+    CHECK(cublasLtMatmul(lt, op, &one, a, la, b, lb, &zero, d, ld, d, ld, &res.algo, NULL, 0, NULL) ==
+          CUBLAS_STATUS_SUCCESS);
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    int off = 0;
+    for (int i = 0; i < m * n; i++)
+        off += got[i] != want[i];
+    CHECKF(off == 0, "cuBLASLt product: %d of %d elements differ", off, m * n);
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, bad, lb, ld, ld, NULL, 1, &res, &nres) != CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatmul(lt, op, &one, a, bad, b, lb, &zero, d, ld, d, ld, &res.algo, NULL, 0, NULL) !=
+          CUBLAS_STATUS_SUCCESS);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatrixLayoutDestroy(bad);
+    cublasLtMatmulDescDestroy(op);
+    cublasLtDestroy(lt);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(d);
+}
+
 int main(void) {
     check_barriers();
     check_wmma();
     check_graphs();
+    check_cublaslt();
     cudaMalloc((void **)&g_dev, 64 * sizeof(float));
     CHECK(aborts_saying(run_split_barrier, "cuemu: split_barrier_kernel: deadlock"));
     CHECK(aborts_saying(run_exited_lane, "exited"));

@@ -11,6 +11,10 @@
  *   gate|up GEMM (+LoRA gate,up) -> silu*mul -> down GEMM (+LoRA down) ]
  *   x layers -> add+final norm (logit rows) -> lm_head GEMM -> logits
  *
+ * The products go through cuBLASLt with a plan per shape (descriptors and
+ * the heuristic's algorithm, made once); LORAPLEX_CUDA_GEMM=ex uses
+ * cublasGemmEx instead, to compare.
+ *
  * Per call, one pinned host buffer with the token metadata (ids, positions,
  * block tables, logit rows, the LoRA token grouping) goes to the device in
  * one copy; everything then runs on one stream and the logits come back in
@@ -23,6 +27,7 @@
  * pool and copies it on a separate copy stream, so loads overlap running
  * batches and cost the engine thread no host work; the next forward that
  * names the slot waits for that copy's event on the GPU, not on the host. */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <math.h>
 #include <stdio.h>
@@ -61,6 +66,18 @@ typedef struct cu_slot {
 } cu_slot;
 
 #define N_GRAPHS 32
+
+/* A cuBLASLt plan for one product shape: Y (T, N) fp32 = X (T, K) W^T, X
+ * and W in the compute type, rows ldx and ldy apart. */
+typedef struct lt_plan {
+    int N, T, K, ldx, ldy; /* the key; N = 0: an unused entry */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t w, x, y;
+    cublasLtMatmulAlgo_t algo;
+    bool ok; /* the heuristic gave an algorithm: else cublasGemmEx for this shape */
+    uint64_t used;
+} lt_plan;
+#define N_LT_PLANS 128 /* a few products per call shape; least recently used replaced */
 
 /* What the launches of one call depend on besides device buffers. */
 typedef struct call_shape {
@@ -122,6 +139,12 @@ typedef struct cuda_backend {
     uint64_t graph_clock;
     call_shape last_shape;
     void *blas_ws; /* cuBLAS workspace: no allocation inside a capture */
+    size_t blas_ws_bytes;
+    /* products through cuBLASLt plans (LORAPLEX_CUDA_GEMM=ex: cublasGemmEx) */
+    bool use_lt;
+    cublasLtHandle_t lt;
+    lt_plan plans[N_LT_PLANS];
+    uint64_t plan_clock;
     /* the last forward's logit rows stay in `logits` for sampling (sample.cu) */
     int64_t n_logits;
     lp_cu_sample_spec *h_sspec, *d_sspec; /* (sample_chunk) */
@@ -318,11 +341,78 @@ static size_t conversion_stage_bytes(cuda_backend *b) {
 
 /* ---- forward ---- */
 
+static void lt_plan_release(lt_plan *p) {
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    cublasLtMatrixLayout_t ls[] = {p->w, p->x, p->y};
+    for (int i = 0; i < 3; i++)
+        if (ls[i])
+            cublasLtMatrixLayoutDestroy(ls[i]);
+    memset(p, 0, sizeof *p);
+}
+
+/* The plan of this shape, made when missing (in place of the least recently
+ * used). In column-major terms, as cuBLASLt has it: D (N x T, ld ldy) =
+ * op(A) B with A = W stored K x N (ld K) and transposed, B = X (K x T, ld ldx). */
+static const lt_plan *lt_plan_get(cuda_backend *b, int N, int T, int K, int ldx, int ldy) {
+    lt_plan *lru = &b->plans[0];
+    for (int i = 0; i < N_LT_PLANS; i++) {
+        lt_plan *p = &b->plans[i];
+        if (p->N == N && p->T == T && p->K == K && p->ldx == ldx && p->ldy == ldy) {
+            p->used = ++b->plan_clock;
+            return p;
+        }
+        if (lru->N && (!p->N || p->used < lru->used))
+            lru = p;
+    }
+    lt_plan_release(lru);
+    lt_plan *p = lru;
+    p->N = N, p->T = T, p->K = K, p->ldx = ldx, p->ldy = ldy;
+    p->used = ++b->plan_clock;
+    cudaDataType t = b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    uint64_t ws = b->blas_ws_bytes;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    /* fp32 models: CUBLAS_COMPUTE_32F (no TF32), as cublasGemmEx has it */
+    bool ok = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->w, t, (uint64_t)K, (uint64_t)N, K) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->x, t, (uint64_t)K, (uint64_t)T, ldx) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->y, CUDA_R_32F, (uint64_t)N, (uint64_t)T, ldy) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulAlgoGetHeuristic(b->lt, p->op, p->w, p->x, p->y, p->y, pref, 1, &res, &n) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              n > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (ok)
+        p->algo = res.algo;
+    else
+        LP_WARN("cuda backend: no cuBLASLt algorithm for a %d x %d x %d product; it goes through cublasGemmEx", T, N,
+                K);
+    p->ok = ok;
+    return p;
+}
+
+/* Row-major Y (T, N) fp32 = X (T, K) W^T, W (N, K) row-major: column-major
+ * Y^T = W^T' X^T'. */
 static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, int ldx, const void *W, int N, int K,
                            int T) {
     const float one = 1.0f, zero = 0.0f;
+    if (b->use_lt) {
+        const lt_plan *p = lt_plan_get(b, N, T, K, ldx, ldy);
+        if (p->ok)
+            return cublasLtMatmul(b->lt, p->op, &one, W, p->w, X, p->x, &zero, Y, p->y, Y, p->y, &p->algo,
+                                  b->blas_ws, b->blas_ws_bytes, b->st);
+    }
     cudaDataType t = b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
-    /* row-major Y (T, N) = X (T, K) W^T (N, K): column-major Y^T = W^T' X^T' */
     return cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, t, K, X, t, ldx, &zero, Y, CUDA_R_32F,
                         ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
@@ -1000,6 +1090,10 @@ static void cuda_free(lp_backend *base) {
     for (size_t i = 0; i < sizeof pinned / sizeof *pinned; i++)
         if (pinned[i])
             cudaFreeHost(pinned[i]);
+    for (int i = 0; i < N_LT_PLANS; i++)
+        lt_plan_release(&b->plans[i]);
+    if (b->lt)
+        cublasLtDestroy(b->lt);
     if (b->blas)
         cublasDestroy(b->blas);
     if (b->st)
@@ -1089,7 +1183,14 @@ static int cuda_init(cuda_backend *b, lp_error *err) {
     size_t ws_bytes = (size_t)32 << 20;
     if ((rc = dmalloc(&b->blas_ws, ws_bytes, "cuBLAS workspace", err)))
         return rc;
+    b->blas_ws_bytes = ws_bytes;
     BLAS(cublasSetWorkspace(b->blas, b->blas_ws, ws_bytes));
+    const char *gm = getenv("LORAPLEX_CUDA_GEMM");
+    b->use_lt = !(gm && !strcmp(gm, "ex"));
+    if (gm && *gm && strcmp(gm, "ex") && strcmp(gm, "lt"))
+        LP_WARN("LORAPLEX_CUDA_GEMM=%s: expected lt or ex; using lt", gm);
+    if (b->use_lt)
+        BLAS(cublasLtCreate(&b->lt));
     const char *ge = getenv("LORAPLEX_CUDA_GRAPHS");
     b->use_graphs = !(ge && !strcmp(ge, "0"));
     const char *ae = getenv("LORAPLEX_CUDA_ATTN");
