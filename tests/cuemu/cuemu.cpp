@@ -790,6 +790,10 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
     }
     return cudaSuccess;
 }
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *st) {
+    *st = (s && s->cap) || (!s && t_capture) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
     if (!s || s->cap || t_capture)
         return fail(cudaErrorIllegalState, "cudaStreamBeginCapture");
@@ -1160,6 +1164,10 @@ extern "C" cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cubla
                                                          cublasLtMatmulHeuristicResult_t res[], int *n) {
     Gemm g;
     *n = 0;
+    if (t_capture) { /* CUDA 13's cuBLASLt fails so ("could not obtain green context information") */
+        fprintf(stderr, "cuemu: cublasLtMatmulAlgoGetHeuristic during a stream capture on this thread\n");
+        return CUBLAS_STATUS_INTERNAL_ERROR;
+    }
     if (want < 1 || !lt_gemm((const LtDesc *)op, (const LtLayout *)A, (const LtLayout *)B, (const LtLayout *)C,
                              (const LtLayout *)D, &g, "cublasLtMatmulAlgoGetHeuristic"))
         return CUBLAS_STATUS_INVALID_VALUE;

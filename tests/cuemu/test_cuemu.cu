@@ -12,7 +12,8 @@
  *      capture; cudaMalloc and cudaStreamSynchronize during a capture fail;
  *   5. copies in the wrong direction and launches over the limits fail;
  *   6. cuBLASLt: a bf16 x bf16 -> fp32 product with A transposed equals the
- *      plain product; layouts that do not fit together are refused;
+ *      plain product; layouts that do not fit together are refused, and so
+ *      is the heuristic query during a stream capture (as CUDA 13 does);
  *   7. barriers that can never be passed (half a warp at __syncthreads, the
  *      other half at __syncwarp; a shuffle naming a lane that has exited)
  *      stop the program with a "cuemu:" message (run in a child process).
@@ -338,6 +339,20 @@ static void check_cublaslt(void) {
     CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, bad, lb, ld, ld, NULL, 1, &res, &nres) != CUBLAS_STATUS_SUCCESS);
     CHECK(cublasLtMatmul(lt, op, &one, a, bad, b, lb, &zero, d, ld, d, ld, &res.algo, NULL, 0, NULL) !=
           CUBLAS_STATUS_SUCCESS);
+    /* the heuristic fails during a capture (CUDA 13), the matmul is captured */
+    cudaStream_t s;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CHECK(cudaStreamIsCapturing(s, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusActive);
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, NULL, 1, &res, &nres) ==
+          CUBLAS_STATUS_INTERNAL_ERROR);
+    CHECK(cublasLtMatmul(lt, op, &one, a, la, b, lb, &zero, d, ld, d, ld, &res.algo, NULL, 0, s) ==
+          CUBLAS_STATUS_SUCCESS);
+    cudaGraph_t g = NULL;
+    CHECK(cudaStreamEndCapture(s, &g) == cudaSuccess && g);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(s);
     cublasLtMatrixLayoutDestroy(la);
     cublasLtMatrixLayoutDestroy(lb);
     cublasLtMatrixLayoutDestroy(ld);

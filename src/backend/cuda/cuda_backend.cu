@@ -352,8 +352,11 @@ static void lt_plan_release(lt_plan *p) {
 }
 
 /* The plan of this shape, made when missing (in place of the least recently
- * used). In column-major terms, as cuBLASLt has it: D (N x T, ld ldy) =
- * op(A) B with A = W stored K x N (ld K) and transposed, B = X (K x T, ld ldx). */
+ * used); NULL when missing during a stream capture, where CUDA 13's cuBLASLt
+ * fails the heuristic query (a decode call is captured only after it ran
+ * once uncaptured, which made its plans). In column-major terms, as cuBLASLt
+ * has it: D (N x T, ld ldy) = op(A) B with A = W stored K x N (ld K) and
+ * transposed, B = X (K x T, ld ldx). */
 static const lt_plan *lt_plan_get(cuda_backend *b, int N, int T, int K, int ldx, int ldy) {
     lt_plan *lru = &b->plans[0];
     for (int i = 0; i < N_LT_PLANS; i++) {
@@ -365,6 +368,9 @@ static const lt_plan *lt_plan_get(cuda_backend *b, int N, int T, int K, int ldx,
         if (lru->N && (!p->N || p->used < lru->used))
             lru = p;
     }
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(b->st, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone)
+        return NULL;
     lt_plan_release(lru);
     lt_plan *p = lru;
     p->N = N, p->T = T, p->K = K, p->ldx = ldx, p->ldy = ldy;
@@ -408,7 +414,7 @@ static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, in
     const float one = 1.0f, zero = 0.0f;
     if (b->use_lt) {
         const lt_plan *p = lt_plan_get(b, N, T, K, ldx, ldy);
-        if (p->ok)
+        if (p && p->ok)
             return cublasLtMatmul(b->lt, p->op, &one, W, p->w, X, p->x, &zero, Y, p->y, Y, p->y, &p->algo,
                                   b->blas_ws, b->blas_ws_bytes, b->st);
     }
