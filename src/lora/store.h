@@ -45,6 +45,7 @@ typedef struct lp_adapter_status {
     bool loading;
     int rank;               /* 0 until first loaded */
     uint64_t bytes;
+    uint64_t device_bytes;  /* what it takes in the device tier (its slot), 0 when not there */
     double last_use;        /* unix seconds, 0 = never */
     double load_ms;         /* last host load time */
     uint64_t requests;      /* rows served */

@@ -39,6 +39,7 @@ static enum MHD_Result adapters(lp_server *s, struct MHD_Connection *c) {
         json_t *o = json_pack("{s:s,s:s,s:s,s:b,s:i,s:I,s:I,s:i}", "name", a[i].name, "path", a[i].path, "tier",
                               tier_name(a[i].tier), "loading", a[i].loading, "rank", a[i].rank, "bytes",
                               (json_int_t)a[i].bytes, "requests", (json_int_t)a[i].requests, "active", a[i].active);
+        json_object_set_new(o, "device_bytes", json_integer((json_int_t)a[i].device_bytes));
         json_object_set_new(o, "last_use", a[i].last_use > 0 ? json_real(a[i].last_use) : json_null());
         json_object_set_new(o, "load_ms", a[i].load_ms > 0 ? json_real(a[i].load_ms) : json_null());
         json_object_set_new(o, "error", a[i].error[0] ? json_string(a[i].error) : json_null());
@@ -46,8 +47,9 @@ static enum MHD_Result adapters(lp_server *s, struct MHD_Connection *c) {
     }
     free(a);
     return lp__send_json(c, 200,
-                         json_pack("{s:s,s:o,s:i,s:i}", "object", "list", "data", data, "max_loras",
-                                   lp_store_max_loras(s->store), "max_cpu_loras", lp_store_max_cpu_loras(s->store)));
+                         json_pack("{s:s,s:o,s:i,s:i,s:I}", "object", "list", "data", data, "max_loras",
+                                   lp_store_max_loras(s->store), "max_cpu_loras", lp_store_max_cpu_loras(s->store),
+                                   "max_lora_bytes", (json_int_t)s->lora_budget));
 }
 
 static json_t *parse_body(const char *body, size_t len) {

@@ -138,6 +138,11 @@ test('device tier bytes budget: --max-lora-mib admits adapters by size, refuses 
     assert.strictEqual(r.status, 200, r.text);
     const used = await metric(srv.url, 'loraplex_adapter_device_bytes{kind="used"}');
     assert.ok(used > 1.8e6 && used <= 3 * 1048576, 'device bytes used: ' + used);
+    const list = await (await fetch(srv.url + '/v1/adapters')).json();
+    assert.strictEqual(list.max_lora_bytes, 3 * 1048576);
+    const per = Object.fromEntries(list.data.map((a) => [a.name, a]));
+    assert.strictEqual(per.math.device_bytes + per.reverse.device_bytes, used, JSON.stringify(list));
+    assert.strictEqual(per.sort.device_bytes, 0);
     const f = await post(srv.url + '/v1/completions', { model: 'fortune-chat', prompt: 'x', max_tokens: 2 });
     assert.notStrictEqual(f.status, 200);
     assert.match(f.json.error.message, /fortune-chat.*more than the 3\.0 MiB/, f.text);
