@@ -352,13 +352,16 @@ static void plan_sets(const ctx *c, int T, int D, int *n_sets, int *M) {
     *n_sets = (need + m - 1) / m * m;
 }
 
-/* Xs of set r = X of set r in place order (perm). */
-static void place_x(ctx *c, bstate *b, int r) {
+/* dst = X of set r in place order (perm): T rows of K. */
+static void gather_x(ctx *c, bstate *b, int r, bf16 *dst) {
     int T = b->T, K = c->o.K;
     unsigned gk = (unsigned)std::max(1, std::min((K + 255) / 256, 16));
-    gather_rows<<<dim3(gk, T), 256, 0, c->st>>>(b->X + (size_t)r * T * K, b->d_perm, b->Xs + (size_t)r * T * K, K);
+    gather_rows<<<dim3(gk, T), 256, 0, c->st>>>(b->X + (size_t)r * T * K, b->d_perm, dst, K);
     CKL();
 }
+
+/* Xs of set r, the place-ordered X that sgmv reads. */
+static void place_x(ctx *c, bstate *b, int r) { gather_x(c, b, r, b->Xs + (size_t)r * b->T * c->o.K); }
 
 static void setup_batch(ctx *c, bstate *b, int T) {
     const opts &o = c->o;
@@ -521,9 +524,7 @@ static void op_batched_ptr(ctx *c, bstate *b, int r) {
 static void op_loop(ctx *c, bstate *b, int r) {
     const opts &o = c->o;
     int T = b->T;
-    unsigned gk = (unsigned)std::max(1, std::min((o.K + 255) / 256, 16));
-    gather_rows<<<dim3(gk, T), 256, 0, c->st>>>(b->X + (size_t)r * T * o.K, b->d_perm, b->Xp, o.K);
-    CKL();
+    gather_x(c, b, r, b->Xp);
     const float one = 1.0f, zero = 0.0f;
     for (const seg &sg : b->segs[r]) {
         /* Vp (R, n) = A^T' Xp (K, n), column-major */

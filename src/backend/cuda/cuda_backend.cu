@@ -341,6 +341,11 @@ static size_t conversion_stage_bytes(cuda_backend *b) {
 
 /* ---- forward ---- */
 
+/* The products' input type: the compute type. */
+static cudaDataType blas_type(const cuda_backend *b) {
+    return b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
 static void lt_plan_release(lt_plan *p) {
     if (p->op)
         cublasLtMatmulDescDestroy(p->op);
@@ -375,7 +380,7 @@ static const lt_plan *lt_plan_get(cuda_backend *b, int N, int T, int K, int ldx,
     lt_plan *p = lru;
     p->N = N, p->T = T, p->K = K, p->ldx = ldx, p->ldy = ldy;
     p->used = ++b->plan_clock;
-    cudaDataType t = b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    cudaDataType t = blas_type(b);
     int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     uint64_t ws = b->blas_ws_bytes;
     cublasLtMatmulPreference_t pref = NULL;
@@ -418,7 +423,7 @@ static cublasStatus_t gemm(cuda_backend *b, float *Y, int ldy, const void *X, in
             return cublasLtMatmul(b->lt, p->op, &one, W, p->w, X, p->x, &zero, Y, p->y, Y, p->y, &p->algo,
                                   b->blas_ws, b->blas_ws_bytes, b->st);
     }
-    cudaDataType t = b->ct == LP_CT_F32 ? CUDA_R_32F : b->ct == LP_CT_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    cudaDataType t = blas_type(b);
     return cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, t, K, X, t, ldx, &zero, Y, CUDA_R_32F,
                         ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }

@@ -131,28 +131,22 @@ static lp_store *budget_store(const lp_model *m, lp_backend *be, const char *dir
     return s;
 }
 
-static uint64_t host_bytes(lp_store *s, const char *name) {
-    lp_adapter_status *st = NULL;
+/* `name`'s status (zeros when the store has none by that name). */
+static lp_adapter_status status_of(lp_store *s, const char *name) {
+    lp_adapter_status *st = NULL, out;
     int n = 0;
-    uint64_t b = 0;
+    memset(&out, 0, sizeof out);
     if (lp_store_list(s, &st, &n) == LP_OK)
         for (int i = 0; i < n; i++)
             if (!strcmp(st[i].name, name))
-                b = st[i].bytes;
+                out = st[i];
     free(st);
-    return b;
+    return out;
 }
 
-static int device_tier(lp_store *s, const char *name) {
-    lp_adapter_status *st = NULL;
-    int n = 0, in = 0;
-    if (lp_store_list(s, &st, &n) == LP_OK)
-        for (int i = 0; i < n; i++)
-            if (!strcmp(st[i].name, name))
-                in = st[i].tier == LP_TIER_DEVICE;
-    free(st);
-    return in;
-}
+static uint64_t host_bytes(lp_store *s, const char *name) { return status_of(s, name).bytes; }
+
+static int device_tier(lp_store *s, const char *name) { return status_of(s, name).tier == LP_TIER_DEVICE; }
 
 static void check_device_budget(const lp_model *m, const char *dir) {
     lp_backend_params bp = lp_backend_default_params();
