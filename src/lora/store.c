@@ -677,7 +677,7 @@ int lp_store_list(lp_store *s, lp_adapter_status **out, int *n) {
         a->loading = e->loading;
         a->rank = e->host ? e->host->info.max_rank : 0;
         a->bytes = e->host ? e->host->info.bytes : 0;
-        a->device_bytes = e->slot >= 0 ? e->dev_bytes : 0;
+        a->device_bytes = e->dev_bytes; /* 0 out of a slot */
         a->last_use = e->last_use;
         a->load_ms = e->load_ms;
         a->requests = e->requests;
