@@ -69,9 +69,10 @@
  * compute type (bf16 here) and fp32 */
 static double g_tol = 1e-2;       /* base model, and every row in fp32 */
 static double g_tol_lora = 1e-2;  /* adapter rows */
+static double g_tol_pos = 1e-2;   /* the worst single position of a prompt */
+static double g_self_tol = 1e-3;  /* GPU mixed batch vs GPU alone */
 static const char *g_pass = "";
 static bool g_quick; /* --quick */
-#define SELF_TOL 1e-3    /* GPU mixed batch vs GPU alone */
 #define MARGIN_TOL 0.05  /* a greedy step this close may go either way */
 
 typedef struct fixture {
@@ -197,7 +198,9 @@ static double top2_margin(const float *x, int n) {
 /* ---- a + b: logits and greedy continuations against the reference ------- */
 
 /* Worst position rel L2 of the GPU's prompt logits vs the reference; -1 on failure. */
-static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int p, float *out) {
+/* The worst relative L2 of one position's logits; in *whole, the relative L2
+ * of all the prompt's logits together. */
+static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int p, float *out, double *whole) {
     int64_t len, vocab;
     const float *want = conform_ref_logits(&f->ref, f->tags[ti], p, &len, &vocab);
     CHECKF(want && vocab == f->vocab && len == f->ref.prompt_len[p], "%s %s: no reference logits for prompt %d",
@@ -206,12 +209,18 @@ static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int
         return -1;
     if (conform_forward_all(gpu, f->ref.prompts[p], f->ref.prompt_len[p], ti == 0 ? -1 : ti, out))
         return -1;
-    double worst = 0;
+    double worst = 0, d2 = 0, r2 = 0;
     for (int64_t t = 0; t < len; t++) {
         double e = rel_l2(out + t * vocab, want + t * vocab, vocab);
         if (e > worst)
             worst = e;
     }
+    for (int64_t i = 0; i < len * vocab; i++) {
+        double d = (double)out[i] - want[i];
+        d2 += d * d;
+        r2 += (double)want[i] * want[i];
+    }
+    *whole = r2 > 0 ? sqrt(d2 / r2) : sqrt(d2);
     return worst;
 }
 
@@ -255,15 +264,18 @@ static int greedy_compare(const fixture *f, lp_backend *gpu, lp_backend *cpu, in
 static void check_reference(const fixture *f, lp_backend *gpu, lp_backend *cpu) {
     float *out = malloc(sizeof(float) * 64 * (size_t)f->vocab);
     for (int ti = 0; ti < f->n_tags; ti++) {
-        double worst_all = 0;
+        double worst_all = 0, whole_all = 0;
         char greedy[160] = "identical";
         for (int p = 0; p < f->ref.n_prompts; p++) {
-            double worst = prompt_logits_error(f, gpu, ti, p, out);
+            double whole = -1, worst = prompt_logits_error(f, gpu, ti, p, out, &whole);
             double tol = ti == 0 ? g_tol : g_tol_lora;
-            CHECKF(worst >= 0 && worst <= tol, "%s %s %s prompt %d: worst position rel L2 %.3g (limit %.0e)", g_pass,
-                   f->family, f->tags[ti], p, worst, tol);
+            CHECKF(worst >= 0 && whole <= tol && worst <= g_tol_pos,
+                   "%s %s %s prompt %d: rel L2 %.3g (limit %.0e), worst position %.3g (limit %.0e)", g_pass,
+                   f->family, f->tags[ti], p, whole, tol, worst, g_tol_pos);
             if (worst > worst_all)
                 worst_all = worst;
+            if (whole > whole_all)
+                whole_all = whole;
             int at = 0;
             double margin = 0;
             int same = greedy_compare(f, gpu, cpu, ti, p, &at, &margin);
@@ -273,8 +285,8 @@ static void check_reference(const fixture *f, lp_backend *gpu, lp_backend *cpu) 
             else if (same < 0)
                 snprintf(greedy, sizeof greedy, "DIFFERENT (prompt %d)", p);
         }
-        printf("%-5s %-6s %-16s worst rel L2 %.2e over %d prompts, greedy %s\n", g_pass, f->family, f->tags[ti],
-               worst_all, f->ref.n_prompts, greedy);
+        printf("%-5s %-6s %-16s rel L2 %.2e (worst prompt), %.2e (worst position) over %d prompts, greedy %s\n",
+               g_pass, f->family, f->tags[ti], whole_all, worst_all, f->ref.n_prompts, greedy);
     }
     free(out);
 }
@@ -376,7 +388,7 @@ static void check_mixed_batch(const fixture *f, lp_backend *gpu, lp_backend *cpu
         for (size_t t = off[i]; t < off[i + 1]; t++) {
             double ec = rel_l2(mixed + t * vsz, cpu_alone + t * vsz, f->vocab);
             double eg = rel_l2(mixed + t * vsz, gpu_alone + t * vsz, f->vocab);
-            CHECKF(ec <= g_tol_lora && eg <= SELF_TOL,
+            CHECKF(ec <= g_tol_pos && eg <= g_self_tol,
                    "%s mixed row %d (%s, %s, len %d, scale %.1f) token %zu: rel L2 %.3g vs CPU alone, %.3g vs GPU "
                    "alone", f->family, i, spec[i].slot < 0 ? "base" : f->tags[spec[i].slot], kind, spec[i].len,
                    (double)spec[i].scale, t - off[i], ec, eg);
@@ -850,14 +862,25 @@ int main(int argc, char **argv) {
         printf("no CUDA device: skipped\n");
         return 77;
     }
-    /* pass 1, the model's compute type (bf16 for the fixtures): base and
-     * adapter rows within 1e-2 of the fp32 reference. The CPU emulation of
-     * this pass's rounding (bench/bf16-emulation, "act,kv16") puts the worst
-     * fixture adapter at 9.3e-3: with bf16 KV or a bf16 LoRA input it was
-     * 1.9e-2 and 2.0e-2 */
+    /* pass 1, the model's compute type (bf16 for the fixtures): each
+     * prompt's logits, base and adapter rows, within 1e-2 relative L2 of the
+     * fp32 reference, and no single position over 2.5e-2. The worst
+     * positions of the random qwen3 and mistral fixtures' adapters reach
+     * 1.2-1.7e-2 on the H100, and the CPU emulation of this pass's rounding
+     * (bench/bf16-emulation: bf16 GEMM inputs, fp16 KV, fp16 Q and P in the
+     * tensor-core prefill) gives the same figures to 3 digits: bf16 rounding
+     * alone, mostly of the base products' inputs.
+     * A row in a mixed batch vs the same row alone: cuBLASLt picks its
+     * algorithm (split-K or not, tile) by the call's row count, so a row's
+     * sums run in another order in a batch than alone; in bf16 that moves its
+     * logits by up to 2e-3 on the H100 (the emulator: 2e-6). The fp32 pass
+     * holds the same comparison to 1e-5, so a row reading another row's
+     * adapter, KV or scale fails there. */
     g_pass = "bf16";
     g_tol = 1e-2;
     g_tol_lora = 1e-2;
+    g_tol_pos = 2.5e-2;
+    g_self_tol = 5e-3;
     char root[] = "/tmp/lp-test-cuda-XXXXXX";
     bool have_root = mkdtemp(root) != NULL;
     CHECK(have_root);
@@ -871,7 +894,8 @@ int main(int argc, char **argv) {
      * without bf16 rounding must match the reference like the CPU does */
     setenv("LORAPLEX_CUDA_DTYPE", "float32", 1);
     g_pass = "fp32";
-    g_tol = g_tol_lora = 1e-4;
+    g_tol = g_tol_lora = g_tol_pos = 1e-4;
+    g_self_tol = 1e-5;
     for (int i = first; i < argc; i++)
         check_fixture(argv[i]);
     if (have_root && !g_quick) {

@@ -9,7 +9,7 @@ lp_add_unit_test(test_cpu_kernels
 # device, so it passes as skipped in CI; `ctest -L gpu` runs it on a GPU machine.
 lp_add_unit_test(test_cuda
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cuda.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
-  ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
+  ARGS ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2 ${LP_TEST_DATA}/conform/qwen3 ${LP_TEST_DATA}/conform/mistral
   LABELS backend gpu)
 set_tests_properties(test_cuda PROPERTIES SKIP_RETURN_CODE 77)
 
@@ -22,7 +22,7 @@ if(LORAPLEX_SANITIZE)
 endif()
 lp_cuemu_test(test_cuda_emu
   SOURCES ${CMAKE_SOURCE_DIR}/tests/unit/backend/test_cuda.c ${CMAKE_SOURCE_DIR}/tests/unit/model/conform.c
-  ARGS ${lp_cuda_emu_scope} ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2
+  ARGS ${lp_cuda_emu_scope} ${LP_TEST_DATA}/conform/llama ${LP_TEST_DATA}/conform/qwen2 ${LP_TEST_DATA}/conform/qwen3 ${LP_TEST_DATA}/conform/mistral
   LABELS backend cuemu)
 # ... and on a device like an sm_86 card (84 SMs, 99 KB of shared memory per
 # block: the tensor-core prefill at head size 256 does not fit, other LoRA
