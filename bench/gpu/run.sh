@@ -39,7 +39,8 @@
 #            kernel forced (LORAPLEX_CUDA_ATTN=few, =tile), against the
 #            default choice in the decode stage
 #   profile  decode steps at batch 1 and 32 (base, one adapter) under ncu: GPU time per kernel
-#   sanitize (only when named in STAGES) test_cuda on the llama fixture under compute-sanitizer
+#            (caches kept warm and clocks not locked, as in a served step)
+#   sanitize (only when named in STAGES) test_cuda --quick on the llama fixture under compute-sanitizer
 #   ttft     gpu_bench ttft: cold (staged / unstaged) vs warm adapter time to first token
 #   kernels  bench_lora_kernels, when it was built
 #   gemmex   (last: with the time left) gpu_bench decode, base and one
@@ -270,7 +271,7 @@ fi
 if want sanitize; then
   CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   if [ -n "$CS" ] && [ -x "$bin/test_cuda" ]; then
-    stage sanitize 240 log "$CS" --tool memcheck --error-exitcode 1 "$bin/test_cuda" tests/data/conform/llama
+    stage sanitize 240 log "$CS" --tool memcheck --error-exitcode 1 "$bin/test_cuda" --quick tests/data/conform/llama
   else
     note sanitize "skipped (no compute-sanitizer or test_cuda)" ""
   fi
@@ -348,7 +349,7 @@ if want profile && [ -e "$MODEL_DIR/config.json" ]; then
     for bp in 1:base 1:one 32:base 32:one; do
       pb=${bp%%:*} pm=${bp#*:}
       # gpu_bench brackets its timed decode steps with cudaProfilerStart/Stop
-      LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
+      LORAPLEX_CUDA_GRAPHS=0 timeout -k 5 90 "$NCU" --metrics gpu__time_duration.sum --cache-control none --clock-control none --csv --print-units base \
         --profile-from-start off --launch-count 700 "$bin/gpu_bench" decode "$MODEL_DIR" --batch "$pb" --isl "$ISL" --osl 16 --steps 2 \
         --warmup 0 ${all_ads:+--adapters "${all_ads%%,*}"} --mode "$pm" --device "$BENCH_DEVICE" \
         >"$tmp/ncu-$pm.csv" 2>>"$OUT/logs.txt"

@@ -62,27 +62,55 @@ cudaError_t lp_cu_embed(float *x, const void *embed, lp_cu_type et, const int32_
 }
 
 /* One block per output row; each thread keeps its (at most NORM_VEC)
- * elements of x and of the weight in registers across the reduction. */
+ * elements of x and of the weight in registers across the reduction. W
+ * elements per access: 4 (float4 loads) when D and every fp32 row are 16-byte
+ * aligned, else 1, and the block as wide as the row allows (up to 1024
+ * threads): at one row per call (batch-1 decode) the kernel is one block,
+ * bound by how many loads it keeps in flight, not by bandwidth. */
 #define NORM_VEC 16
-template <typename T>
-__global__ void add_rmsnorm_kernel(float *x, const float *add, const float *lora, const float *bias, const float *w,
-                                   T *out, float *out32, const int32_t *lrow, const int32_t *idx, int D, float eps) {
+template <int W>
+__device__ __forceinline__ void ld_w(float *d, const float *p) {
+    if constexpr (W == 4) {
+        float4 f = *(const float4 *)p;
+        d[0] = f.x, d[1] = f.y, d[2] = f.z, d[3] = f.w;
+    } else {
+        d[0] = *p;
+    }
+}
+
+template <typename T, int W>
+__global__ void __launch_bounds__(1024)
+    add_rmsnorm_kernel(float *x, const float *add, const float *lora, const float *bias, const float *w, T *out,
+                       float *out32, const int32_t *lrow, const int32_t *idx, int D, float eps) {
+    constexpr int NA = NORM_VEC / W; /* accesses per thread */
     int t = idx ? idx[blockIdx.x] : blockIdx.x;
     int lr = lrow ? lrow[t] : -1; /* uniform over the block */
     float *xr = x + (size_t)t * D;
+    const float *ar = add ? add + (size_t)t * D : NULL;
     const float *lo = lora && lr >= 0 ? lora + (size_t)lr * D : NULL;
     float v[NORM_VEC], wv[NORM_VEC];
     float ss = 0.0f;
 #pragma unroll
-    for (int k = 0; k < NORM_VEC; k++) {
-        int j = threadIdx.x + k * blockDim.x;
+    for (int k = 0; k < NA; k++) {
+        int j = (threadIdx.x + k * blockDim.x) * W;
         if (j < D) {
-            float a = xr[j];
-            if (add)
-                a += add[(size_t)t * D + j] + (lo ? lo[j] : 0.0f) + (bias ? bias[j] : 0.0f);
-            v[k] = a;
-            wv[k] = w[j];
-            ss += a * a;
+            float av[W], lv[W], bv[W];
+            ld_w<W>(v + k * W, xr + j);
+            ld_w<W>(wv + k * W, w + j);
+            if (ar)
+                ld_w<W>(av, ar + j);
+            if (lo)
+                ld_w<W>(lv, lo + j);
+            if (bias)
+                ld_w<W>(bv, bias + j);
+#pragma unroll
+            for (int e = 0; e < W; e++) {
+                float a = v[k * W + e];
+                if (ar)
+                    a += av[e] + (lo ? lv[e] : 0.0f) + (bias ? bv[e] : 0.0f);
+                v[k * W + e] = a;
+                ss += a * a;
+            }
         }
     }
     ss = lp_block_sum(ss);
@@ -90,18 +118,37 @@ __global__ void add_rmsnorm_kernel(float *x, const float *add, const float *lora
     T *o = out + (size_t)blockIdx.x * D;
     float *o32 = out32 && lr >= 0 ? out32 + (size_t)lr * D : NULL;
 #pragma unroll
-    for (int k = 0; k < NORM_VEC; k++) {
-        int j = threadIdx.x + k * blockDim.x;
+    for (int k = 0; k < NA; k++) {
+        int j = (threadIdx.x + k * blockDim.x) * W;
         if (j < D) {
-            if (add)
-                xr[j] = v[k];
-            float y = wv[k] * (v[k] * r);
-            o[j] = lp_to<T>(y);
-            if (o32)
-                o32[j] = y;
+            if (ar) {
+                if constexpr (W == 4)
+                    *(float4 *)(xr + j) = make_float4(v[k * W], v[k * W + 1], v[k * W + 2], v[k * W + 3]);
+                else
+                    xr[j] = v[k * W];
+            }
+#pragma unroll
+            for (int e = 0; e < W; e++) {
+                float y = wv[k * W + e] * (v[k * W + e] * r);
+                o[j + e] = lp_to<T>(y);
+                if (o32)
+                    o32[j + e] = y;
+            }
         }
     }
 }
+
+template <typename T>
+static void add_rmsnorm_launch(bool vec, int n_out, int th, cudaStream_t s, float *x, const float *add,
+                               const float *lora, const float *bias, const float *w, T *out, float *out32,
+                               const int32_t *lrow, const int32_t *idx, int D, float eps) {
+    if (vec)
+        add_rmsnorm_kernel<T, 4><<<n_out, th, 0, s>>>(x, add, lora, bias, w, out, out32, lrow, idx, D, eps);
+    else
+        add_rmsnorm_kernel<T, 1><<<n_out, th, 0, s>>>(x, add, lora, bias, w, out, out32, lrow, idx, D, eps);
+}
+
+static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *lora, const float *bias, const float *w,
                               void *out, lp_cu_type ot, float *out32, const int32_t *lrow, const int32_t *idx,
@@ -110,17 +157,19 @@ cudaError_t lp_cu_add_rmsnorm(float *x, const float *add, const float *lora, con
         return cudaSuccess;
     if ((lora || out32) && !lrow)
         return cudaErrorInvalidValue;
-    int th = 128;
-    while (th * NORM_VEC < D && th < 1024)
+    /* the fp32 rows are read with float4 loads when they are all aligned */
+    bool vec = D % 4 == 0 && al16(x) && al16(add) && al16(lora) && al16(bias) && al16(w);
+    int W = vec ? 4 : 1, th = 128;
+    while (th * W < D && th < 1024)
         th *= 2;
     if (th * NORM_VEC < D)
         return cudaErrorInvalidValue; /* hidden > 16384: not a model we load */
     if (ot == LP_CT_F32)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (float *)out, out32, lrow, idx, D, eps);
+        add_rmsnorm_launch(vec, n_out, th, s, x, add, lora, bias, w, (float *)out, out32, lrow, idx, D, eps);
     else if (ot == LP_CT_F16)
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (__half *)out, out32, lrow, idx, D, eps);
+        add_rmsnorm_launch(vec, n_out, th, s, x, add, lora, bias, w, (__half *)out, out32, lrow, idx, D, eps);
     else
-        add_rmsnorm_kernel<<<n_out, th, 0, s>>>(x, add, lora, bias, w, (bf16 *)out, out32, lrow, idx, D, eps);
+        add_rmsnorm_launch(vec, n_out, th, s, x, add, lora, bias, w, (bf16 *)out, out32, lrow, idx, D, eps);
     return cudaGetLastError();
 }
 
