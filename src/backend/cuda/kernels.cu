@@ -78,6 +78,14 @@ __device__ __forceinline__ void ld_w(float *d, const float *p) {
     }
 }
 
+template <int W>
+__device__ __forceinline__ void st_w(float *p, const float *s) {
+    if constexpr (W == 4)
+        *(float4 *)p = make_float4(s[0], s[1], s[2], s[3]);
+    else
+        *p = s[0];
+}
+
 template <typename T, int W>
 __global__ void __launch_bounds__(1024)
     add_rmsnorm_kernel(float *x, const float *add, const float *lora, const float *bias, const float *w, T *out,
@@ -121,12 +129,8 @@ __global__ void __launch_bounds__(1024)
     for (int k = 0; k < NA; k++) {
         int j = (threadIdx.x + k * blockDim.x) * W;
         if (j < D) {
-            if (ar) {
-                if constexpr (W == 4)
-                    *(float4 *)(xr + j) = make_float4(v[k * W], v[k * W + 1], v[k * W + 2], v[k * W + 3]);
-                else
-                    xr[j] = v[k * W];
-            }
+            if (ar)
+                st_w<W>(xr + j, v + k * W);
 #pragma unroll
             for (int e = 0; e < W; e++) {
                 float y = wv[k * W + e] * (v[k * W + e] * r);

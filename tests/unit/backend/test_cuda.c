@@ -197,9 +197,8 @@ static double top2_margin(const float *x, int n) {
 
 /* ---- a + b: logits and greedy continuations against the reference ------- */
 
-/* Worst position rel L2 of the GPU's prompt logits vs the reference; -1 on failure. */
-/* The worst relative L2 of one position's logits; in *whole, the relative L2
- * of all the prompt's logits together. */
+/* The GPU's prompt logits vs the reference: the worst relative L2 of one
+ * position (-1 on failure); in *whole, that of all positions together. */
 static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int p, float *out, double *whole) {
     int64_t len, vocab;
     const float *want = conform_ref_logits(&f->ref, f->tags[ti], p, &len, &vocab);
@@ -209,18 +208,13 @@ static double prompt_logits_error(const fixture *f, lp_backend *gpu, int ti, int
         return -1;
     if (conform_forward_all(gpu, f->ref.prompts[p], f->ref.prompt_len[p], ti == 0 ? -1 : ti, out))
         return -1;
-    double worst = 0, d2 = 0, r2 = 0;
+    double worst = 0;
     for (int64_t t = 0; t < len; t++) {
         double e = rel_l2(out + t * vocab, want + t * vocab, vocab);
         if (e > worst)
             worst = e;
     }
-    for (int64_t i = 0; i < len * vocab; i++) {
-        double d = (double)out[i] - want[i];
-        d2 += d * d;
-        r2 += (double)want[i] * want[i];
-    }
-    *whole = r2 > 0 ? sqrt(d2 / r2) : sqrt(d2);
+    *whole = rel_l2(out, want, len * vocab);
     return worst;
 }
 
